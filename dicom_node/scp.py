@@ -1,0 +1,260 @@
+"""The storage SCP: C-ECHO and C-STORE, durable before it says yes (PS3.4 B, PS3.7 9.1.1).
+
+Handlers stay thin: :func:`handle_store` checks what it must, writes the
+instance to the spool (temp file, fsync, rename) and hands it to the sink,
+which commits a job. Only then does the peer get ``Status.SUCCESS``. Any
+failure in between answers ``Status.OUT_OF_RESOURCES`` so the sender retries.
+Nothing heavy runs on the association thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Protocol
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGLosslessP14,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import (
+    BreastTomosynthesisImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.spool import instance_path, write_atomically
+from dicom_node.status import Status
+from dicom_node.uids import InvalidUIDError, checked_uid
+
+log = logging.getLogger(__name__)
+
+#: The image storage SOP classes the node accepts (PS3.4 B.5).
+STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    BreastTomosynthesisImageStorage,
+)
+
+#: Every transfer syntax the worker can decode (PS3.5 A.4, 8.2).
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLosslessP14,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One instance on disk in the spool, as the sink sees it (no patient data)."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae_title: str
+    peer_address: str
+    association_id: str
+
+
+class InstanceSink(Protocol):
+    """Commits a received instance (for the service: inserts its job).
+
+    Raising tells the SCP the instance is not safe; the peer gets 0xA700.
+    """
+
+    def __call__(self, instance: ReceivedInstance) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScpConfig:
+    ae_title: str
+    host: str
+    port: int
+    spool_dir: Path
+    allowed_callers: Sequence[str] = ()
+    require_called_ae_title: bool = True
+    max_associations: int = 10
+    min_free_bytes: int = 0
+    network_timeout_s: float = 60.0
+
+
+@dataclass
+class AssociationEvents:
+    """Optional callbacks for the association audit (calling AE, address, outcome)."""
+
+    on_accepted: Callable[[str, str, str], None] | None = None
+    on_rejected: Callable[[str, str, str], None] | None = None
+    on_closed: Callable[[str, int, str], None] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _assoc_id(assoc: object) -> str:
+    return f"assoc-{id(assoc):x}"
+
+
+class StorageSCP:
+    """Owns the pynetdicom AE and its server; start() binds, stop() shuts down."""
+
+    def __init__(
+        self, config: ScpConfig, sink: InstanceSink, events: AssociationEvents | None = None
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.events = events or AssociationEvents()
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._instances: dict[str, int] = {}
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    def _make_ae(self) -> AE:
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.network_timeout = cfg.network_timeout_s
+        ae.require_called_aet = cfg.require_called_ae_title
+        if cfg.allowed_callers:
+            ae.require_calling_aet = list(cfg.allowed_callers)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    def start(self) -> None:
+        """Bind the port and serve in background threads."""
+        cfg = self.config
+        cfg.spool_dir.mkdir(parents=True, exist_ok=True)
+        handlers = [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
+        ae = self._make_ae()
+        self._server = ae.start_server(
+            (cfg.host, cfg.port), block=False, evt_handlers=handlers
+        )
+        log.info("storage SCP %s listening on %s:%d", cfg.ae_title, cfg.host, cfg.port)
+
+    def stop(self) -> None:
+        """Stop accepting; running associations are aborted (the sender retries)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            log.info("storage SCP stopped")
+
+    # -- handlers ---------------------------------------------------------
+    def handle_echo(self, event: evt.Event) -> int:
+        return int(Status.SUCCESS)
+
+    def handle_store(self, event: evt.Event) -> int:
+        assoc = event.assoc
+        assoc_id = _assoc_id(assoc)
+        try:
+            return int(self._store(event, assoc_id))
+        except Exception:  # boundary: any failure becomes a DIMSE status, never a crash
+            log.exception("C-STORE failed on %s", assoc_id)
+            return int(Status.OUT_OF_RESOURCES)
+
+    def _store(self, event: evt.Event, assoc_id: str) -> Status:
+        cfg = self.config
+        req = event.request
+        try:
+            sop_instance_uid = checked_uid(req.AffectedSOPInstanceUID, what="SOP Instance UID")
+        except InvalidUIDError as exc:
+            log.warning("refused instance on %s: %s", assoc_id, exc)
+            return Status.CANNOT_UNDERSTAND
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+            log.warning("refused %s on %s: cannot parse dataset (%s)", sop_instance_uid, assoc_id,
+                        type(exc).__name__)
+            return Status.CANNOT_UNDERSTAND
+        if ds.get("SOPClassUID") != req.AffectedSOPClassUID or ds.get(
+            "SOPInstanceUID"
+        ) != sop_instance_uid:
+            log.warning("refused %s on %s: dataset UIDs differ from the request",
+                        sop_instance_uid, assoc_id)
+            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        study_uid = ds.get("StudyInstanceUID", "")
+        series_uid = ds.get("SeriesInstanceUID", "")
+        if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
+            log.error("refused %s on %s: free disk below the watermark", sop_instance_uid,
+                      assoc_id)
+            return Status.OUT_OF_RESOURCES
+        path = instance_path(cfg.spool_dir, sop_instance_uid)
+        write_atomically(path, lambda fh: fh.write(encoded))
+        self.sink(
+            ReceivedInstance(
+                path=path,
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=str(req.AffectedSOPClassUID),
+                study_instance_uid=str(study_uid),
+                series_instance_uid=str(series_uid),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae_title=str(event.assoc.requestor.ae_title),
+                peer_address=str(event.assoc.requestor.address),
+                association_id=assoc_id,
+            )
+        )
+        with self._lock:
+            self._instances[assoc_id] = self._instances.get(assoc_id, 0) + 1
+        log.info("stored %s on %s", sop_instance_uid, assoc_id)
+        return Status.SUCCESS
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        log.info("association %s accepted from %s at %s", _assoc_id(event.assoc), req.ae_title,
+                 req.address)
+        if self.events.on_accepted:
+            self.events.on_accepted(_assoc_id(event.assoc), str(req.ae_title), str(req.address))
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        log.warning("association from %s at %s rejected", req.ae_title, req.address)
+        if self.events.on_rejected:
+            self.events.on_rejected(_assoc_id(event.assoc), str(req.ae_title), str(req.address))
+
+    def _on_closed(self, event: evt.Event) -> None:
+        assoc_id = _assoc_id(event.assoc)
+        outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        with self._lock:
+            count = self._instances.pop(assoc_id, 0)
+        log.info("association %s %s after %d instances", assoc_id, outcome, count)
+        if self.events.on_closed:
+            self.events.on_closed(assoc_id, count, outcome)

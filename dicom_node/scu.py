@@ -1,0 +1,103 @@
+"""The storage SCU: sends result files to a destination with C-STORE (PS3.4 B, PS3.7 9.1.1)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicom_node.errors import DicomNodeError
+from dicom_node.status import Status
+
+log = logging.getLogger(__name__)
+
+_DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+
+class SendError(DicomNodeError):
+    """A destination could not be reached or refused an instance."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A peer that receives results: ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = _DESTINATION.fullmatch(text.strip())
+        if not match or not 0 < int(match["port"]) < 65536 or not match["ae"].strip():
+            raise ValueError(f"destination {text!r} is not AET@HOST:PORT")
+        return cls(ae_title=match["ae"].strip(), host=match["host"], port=int(match["port"]))
+
+    @property
+    def name(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _association(destination: Destination, calling_ae: str, contexts: set[tuple[str, str]],
+                 timeout_s: float):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = min(timeout_s, 10.0)
+    for sop_class, syntax in sorted(contexts):
+        ae.add_requested_context(sop_class, [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+                                 if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+                                 else [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise SendError(f"association with {destination} was not established "
+                        f"({'rejected' if assoc.is_rejected else 'no answer'})")
+    return assoc
+
+
+def send_files(destination: Destination, paths: Sequence[Path], *, calling_ae: str,
+               timeout_s: float = 30.0) -> None:
+    """Send every file over one association; raise :class:`SendError` unless all are stored.
+
+    A warning status counts as stored (PS3.7 C.1.2). The files are sent as
+    they are when the peer accepts their transfer syntax.
+    """
+    datasets = [dcmread(path) for path in paths]
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    assoc = _association(destination, calling_ae, contexts, timeout_s)
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if not Status.is_acknowledged(code):
+                raise SendError(f"{destination} answered C-STORE of {ds.SOPInstanceUID} with "
+                                f"status 0x{code:04X}" if code >= 0 else
+                                f"{destination} gave no answer to C-STORE of {ds.SOPInstanceUID}")
+            log.info("sent %s to %s", ds.SOPInstanceUID, destination)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def echo(destination: Destination, *, calling_ae: str, timeout_s: float = 10.0) -> Status:
+    """C-ECHO a destination (PS3.7 9.1.5); raises :class:`SendError` if unreachable."""
+    assoc = _association(destination, calling_ae, {(Verification, ImplicitVRLittleEndian)},
+                         timeout_s)
+    try:
+        status = assoc.send_c_echo()
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code < 0:
+            raise SendError(f"{destination} gave no answer to C-ECHO")
+        return Status(code) if code in Status._value2member_map_ else Status.PROCESSING_FAILURE
+    finally:
+        if assoc.is_established:
+            assoc.release()

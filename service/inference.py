@@ -1,0 +1,129 @@
+"""ONNX Runtime inference behind the model contract (DESIGN.md, "Model contract")."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import CONTRACT_KEY, ContractError, ModelContract
+from service.preprocess import (
+    output_to_probability,
+    to_model_input,
+    to_source_probability,
+)
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probability: np.ndarray  # float32 at the source matrix
+    seconds_preprocess: float
+    seconds_infer: float
+
+
+class Segmenter:
+    """A loaded model whose contract has been checked; thread-safe ``predict``."""
+
+    def __init__(self, session: ort.InferenceSession, contract: ModelContract, path: Path,
+                 sha256: str) -> None:
+        self.session = session
+        self.contract = contract
+        self.path = path
+        self.sha256 = sha256
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Probability of "mass" for each pixel of a display-ready [0, 1] image."""
+        import time
+
+        start = time.perf_counter()
+        tensor, box = to_model_input(image, self.contract)
+        mid = time.perf_counter()
+        (output,) = self.session.run([self.contract.output_name],
+                                     {self.contract.input_name: tensor})
+        inferred = time.perf_counter()
+        prob = to_source_probability(output_to_probability(output, self.contract), box,
+                                     (image.shape[0], image.shape[1]))
+        end = time.perf_counter()
+        return Prediction(probability=prob, seconds_preprocess=(mid - start) + (end - inferred),
+                          seconds_infer=inferred - mid)
+
+
+def read_contract(path: Path) -> ModelContract:
+    """Read and validate the contract from an ONNX file without running it."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _contract_of(session, path)
+
+
+def _contract_of(session: ort.InferenceSession, path: Path) -> ModelContract:
+    meta = session.get_modelmeta().custom_metadata_map
+    if CONTRACT_KEY not in meta:
+        raise ContractError(f"model {path} has no '{CONTRACT_KEY}' metadata: export it with "
+                            "'mammoseg export' so the service knows how to feed it")
+    return ModelContract.from_json(meta[CONTRACT_KEY])
+
+
+def _check_signature(session: ort.InferenceSession, contract: ModelContract, path: Path) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if contract.input_name not in inputs:
+        raise ContractError(f"model {path}: contract input '{contract.input_name}' not among "
+                            f"the graph inputs {sorted(inputs)}")
+    if contract.output_name not in outputs:
+        raise ContractError(f"model {path}: contract output '{contract.output_name}' not among "
+                            f"the graph outputs {sorted(outputs)}")
+    node = inputs[contract.input_name]
+    if node.type != "tensor(float)":
+        raise ContractError(f"model {path}: input '{node.name}' is {node.type}, expected float")
+    if contract.input_layout == "NHWC":
+        expected = [contract.input_height, contract.input_width, contract.input_channels]
+    else:
+        expected = [contract.input_channels, contract.input_height, contract.input_width]
+    shape = list(node.shape)
+    if len(shape) != 4 or any(
+        isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], expected, strict=True)
+    ):
+        raise ContractError(f"model {path}: input shape {shape} does not match the contract "
+                            f"({contract.input_layout} {expected})")
+
+
+def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
+    """Load an ONNX model and check it against its own contract; raise ContractError if not."""
+    if not path.is_file():
+        raise ContractError(f"model file {path} does not exist")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ContractError(f"model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
+    contract = _contract_of(session, path)
+    _check_signature(session, contract, path)
+    # A dry run proves the graph produces the promised output shape.
+    probe = np.zeros((64, 64), dtype=np.float32)
+    tensor, _ = to_model_input(probe, contract)
+    (output,) = session.run([contract.output_name], {contract.input_name: tensor})
+    try:
+        output_to_probability(output, contract)
+    except ValueError as exc:
+        raise ContractError(f"model {path}: {exc}") from exc
+    sha = file_sha256(path)
+    log.info("model %s %s loaded (sha256 %s)", contract.model_name, contract.model_version,
+             sha[:12])
+    return Segmenter(session, contract, path, sha)

@@ -1,0 +1,148 @@
+"""One settings object, built once at start-up and passed down.
+
+Precedence (highest first): command-line flags, environment variables
+(``MAMMOSEG_*``; lists as JSON or comma-separated), the TOML config file
+(``--config`` or ``MAMMOSEG_CONFIG``), then these defaults. Every field is listed
+in ``deploy/mammoseg.example.toml`` and ``deploy/README.md``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dicom_node.scu import Destination
+from dicom_node.uids import is_valid_uid_root
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "mammoseg-mnv2-resunet.onnx"
+# pydicom's registered root; sites should configure their own (deploy/README.md).
+DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+
+
+class SettingsError(ValueError):
+    """A setting that stops start-up; the message names the value."""
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+class Settings(BaseSettings):
+    """Everything the node can be told; validated at once, bad values stop start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAMMOSEG_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    data_dir: Path = Field(default=Path("mammoseg-data"), description="Spool, outbox and SQLite store")
+    ae_title: str = Field(default="MAMMOSEG", min_length=1, max_length=16)
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    destinations: StrList = Field(default_factory=list, description="AET@HOST:PORT, repeatable")
+    allowed_callers: StrList = Field(
+        default_factory=list, description="Calling AE titles allowed in; empty allows any"
+    )
+    model_path: Path = DEFAULT_MODEL
+    workers: int = Field(default=1, ge=1, le=16)
+    inference_threads: int = Field(default=0, ge=0, le=64, description="0: ONNX Runtime decides")
+    min_lesion_area_mm2: float = Field(default=10.0, ge=0.0)
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides the model's")
+    uid_root: str = DEFAULT_UID_ROOT
+    seg_series_number: int = Field(default=9901, ge=1)
+    sc_series_number: int = Field(default=9902, ge=1)
+    sc_max_size: int = Field(default=2048, ge=256, le=8192)
+    institution_name: str | None = None
+    max_associations: int = Field(default=10, ge=1, le=200)
+    min_free_mb: int = Field(default=200, ge=0, description="Below this free disk, refuse with 0xA700")
+    process_for_processing: bool = Field(default=False, description="Segment FOR PROCESSING images")
+    send_timeout_s: float = Field(default=30.0, gt=0)
+    retry_initial_s: float = Field(default=5.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    retry_give_up_s: float = Field(default=86400.0, gt=0)
+    poll_interval_s: float = Field(default=0.2, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if value != value.strip() or "\\" in value or not value.isascii():
+            raise ValueError(f"AE title {value!r} must be ASCII without backslash or edge spaces")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, values: list[str]) -> list[str]:
+        for value in values:
+            Destination.parse(value)
+        return values
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str) -> str:
+        if not is_valid_uid_root(value):
+            raise ValueError(f"UID root {value!r} must be a valid UID ending in '.', at most 40 chars")
+        return value
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def destination_list(self) -> list[Destination]:
+        return [Destination.parse(text) for text in self.destinations]
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: overrides (CLI) > environment > config file > defaults."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+        file_values = {key.replace("-", "_"): value for key, value in file_values.items()}
+    explicit = {key: value for key, value in overrides.items() if value is not None}
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,  # type: ignore[no-untyped-def, override]
+                                       dotenv_settings, file_secret_settings):
+            from pydantic_settings import InitSettingsSource
+
+            return (init_settings, env_settings,
+                    InitSettingsSource(settings_cls, init_kwargs=file_values))
+
+    try:
+        built = _FromFile(**explicit)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
+    return Settings.model_validate(built.model_dump())

@@ -1,0 +1,140 @@
+"""Worker threads: claim a job, process it, send its results, retry with backoff.
+
+The worker loop is one of the three places with a broad ``except``: whatever
+goes wrong with one job ends as FAILED with a reason, never a dead worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.scu import Destination, SendError, send_files
+from service.inference import Segmenter
+from service.pipeline import JobFailed, JobSkipped, PipelineOptions, process_instance
+from service.store import Job, JobState, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    initial_s: float
+    max_s: float
+    give_up_s: float
+
+    def delay(self, attempts: int) -> float:
+        """Exponential backoff: initial, 2x initial, ... capped at max."""
+        return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerContext:
+    store: JobStore
+    segmenter: Segmenter
+    options: PipelineOptions
+    destinations: list[Destination]
+    calling_ae: str
+    send_timeout_s: float
+    retry: RetryPolicy
+    poll_interval_s: float
+
+
+def run_job(ctx: WorkerContext, job: Job) -> None:
+    """Process one claimed (PROCESSING) job and try to send its results."""
+    try:
+        results = process_instance(Path(job.path), job.id, ctx.segmenter, ctx.options)
+    except JobSkipped as exc:
+        ctx.store.update(job.id, state=JobState.SKIPPED, reason=str(exc))
+        log.info("job %d SKIPPED (%s): %s", job.id, job.sop_instance_uid, exc)
+        return
+    except JobFailed as exc:
+        ctx.store.update(job.id, state=JobState.FAILED, reason=str(exc))
+        log.warning("job %d FAILED (%s): %s", job.id, job.sop_instance_uid, exc)
+        return
+    except Exception as exc:  # boundary: one bad image never stops the worker
+        log.exception("job %d FAILED unexpectedly (%s)", job.id, job.sop_instance_uid)
+        ctx.store.update(job.id, state=JobState.FAILED,
+                         reason=f"internal error while processing: {type(exc).__name__}: {exc}")
+        return
+    ctx.store.update(
+        job.id, state=JobState.SENDING, timings=results.timings,
+        results={"uids": results.uids, "files": [str(p) for p in results.files],
+                 "lesion_pixels": results.lesion_pixels},
+    )
+    log.info("job %d processed (%s): %d lesion pixels", job.id, job.sop_instance_uid,
+             results.lesion_pixels)
+    job = ctx.store.get(job.id) or job
+    deliver(ctx, job)
+
+
+def deliver(ctx: WorkerContext, job: Job) -> None:
+    """Send the job's result files to every destination not yet served (job is SENDING)."""
+    files = [Path(p) for p in job.results.get("files", [])]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        ctx.store.update(job.id, state=JobState.FAILED,
+                         reason=f"result files missing from the outbox: {len(missing)}")
+        return
+    delivered = list(job.delivered)
+    start = time.perf_counter()
+    errors: list[str] = []
+    for destination in ctx.destinations:
+        if destination.name in delivered:
+            continue
+        try:
+            send_files(destination, files, calling_ae=ctx.calling_ae,
+                       timeout_s=ctx.send_timeout_s)
+        except (SendError, OSError, RuntimeError) as exc:
+            errors.append(f"{destination}: {exc}")
+            continue
+        delivered.append(destination.name)
+        ctx.store.update(job.id, delivered=delivered)
+    now = time.time()
+    if not errors:
+        ctx.store.update(job.id, state=JobState.DONE, reason="", clear_next_attempt=True,
+                         timings={"send_s": time.perf_counter() - start, "done_at": now})
+        log.info("job %d DONE (%s) sent to %d destinations", job.id, job.sop_instance_uid,
+                 len(delivered))
+        return
+    attempts = job.attempts + 1
+    first_failure = job.first_send_failure_at or now
+    reason = "; ".join(errors)
+    if now - first_failure >= ctx.retry.give_up_s:
+        ctx.store.update(job.id, state=JobState.FAILED, attempts=attempts,
+                         reason=f"gave up sending after {attempts} attempts: {reason}")
+        log.warning("job %d FAILED: gave up sending after %d attempts", job.id, attempts)
+        return
+    next_at = now + ctx.retry.delay(attempts)
+    ctx.store.update(job.id, state=JobState.RETRYING, attempts=attempts, reason=reason,
+                     next_attempt_at=next_at, first_send_failure_at=first_failure)
+    log.warning("job %d RETRYING in %.0f s (attempt %d): %s", job.id, next_at - now, attempts,
+                reason)
+
+
+class Worker(threading.Thread):
+    """Takes due RETRYING sends first (they are cheap), then new jobs."""
+
+    def __init__(self, ctx: WorkerContext, stop: threading.Event, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.ctx = ctx
+        self.stop_event = stop
+
+    def run(self) -> None:
+        store = self.ctx.store
+        while not self.stop_event.is_set():
+            try:
+                job = store.claim([JobState.RETRYING], JobState.SENDING)
+                if job is not None:
+                    deliver(self.ctx, job)
+                    continue
+                job = store.claim([JobState.RECEIVED], JobState.PROCESSING)
+                if job is not None:
+                    run_job(self.ctx, job)
+                    continue
+            except Exception:  # boundary: keep the worker alive (store hiccup, disk full)
+                log.exception("worker %s: unexpected error; continuing", self.name)
+            self.stop_event.wait(self.ctx.poll_interval_s)

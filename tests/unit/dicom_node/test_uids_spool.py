@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from dicom_node.scu import Destination
+from dicom_node.spool import instance_path, remove_partial_files, write_atomically
+from dicom_node.status import Status
+from dicom_node.uids import InvalidUIDError, checked_uid, is_valid_uid, is_valid_uid_root
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.1.2", "0", "2.25.1234567890"])
+def test_valid_uids(uid: str) -> None:
+    assert checked_uid(uid) == uid
+
+
+@pytest.mark.parametrize(
+    "uid", ["", "1..2", "1.02", "../../etc/passwd", "1.2/3", "1.2.3.", "a.b", "1" * 65, None, 12]
+)
+def test_invalid_uids_never_become_paths(uid: object, tmp_path: Path) -> None:
+    assert not is_valid_uid(uid)
+    with pytest.raises(InvalidUIDError):
+        instance_path(tmp_path, uid)  # type: ignore[arg-type]
+
+
+def test_uid_root() -> None:
+    assert is_valid_uid_root("1.2.826.0.1.3680043.8.498.")
+    assert not is_valid_uid_root("1.2.826")
+    assert not is_valid_uid_root("1.2." + "3" * 40 + ".")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "spool" / "1.2.3.dcm"
+
+    def failing(fh) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, failing)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    write_atomically(target, lambda fh: fh.write(b"whole"))
+    assert target.read_bytes() == b"whole"
+    (target.parent / ".incoming-x.part").write_bytes(b"left by a crash")
+    assert remove_partial_files(target.parent) == 1
+
+
+def test_destination_parse() -> None:
+    d = Destination.parse("ORTHANC@127.0.0.1:4242")
+    assert (d.ae_title, d.host, d.port, d.name) == ("ORTHANC", "127.0.0.1", 4242,
+                                                   "ORTHANC@127.0.0.1:4242")
+    for bad in ("ORTHANC@127.0.0.1", "@h:1", "A@h:0", "A@h:70000", "TOOLONGAETITLE1234@h:1"):
+        with pytest.raises(ValueError, match="AET@HOST:PORT"):
+            Destination.parse(bad)
+
+
+def test_status_acknowledgement() -> None:
+    assert Status.is_acknowledged(Status.SUCCESS)
+    assert Status.is_acknowledged(Status.COERCION_OF_DATA_ELEMENTS)
+    assert not Status.is_acknowledged(Status.OUT_OF_RESOURCES)

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.contract import ContractError, ModelContract
+from service.inference import load_segmenter, read_contract
+from tests.tiny_model import TINY_CONTRACT, write_tiny_model
+
+
+def test_loads_and_segments_a_bright_blob(tiny_model: Path) -> None:
+    segmenter = load_segmenter(tiny_model)
+    assert segmenter.contract == TINY_CONTRACT
+    assert len(segmenter.sha256) == 64
+    image = np.full((300, 240), 0.3, dtype=np.float32)
+    image[100:200, 80:180] = 1.0
+    prob = segmenter.predict(image).probability
+    assert prob.shape == (300, 240)
+    assert prob[150, 130] > 0.9 and prob[20, 20] < 0.1
+
+
+def test_model_without_contract_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / "bare.onnx", with_contract=False)
+    with pytest.raises(ContractError, match="no 'mammoseg.contract' metadata"):
+        load_segmenter(path)
+
+
+def test_contract_that_does_not_match_the_graph_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / "m.onnx")
+    # Same graph, but a contract claiming another output name.
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    lying = TINY_CONTRACT.model_copy(update={"output_name": "probability"})
+    del model.metadata_props[:]
+    helper.set_model_props(model, {"mammoseg.contract": lying.to_json()})
+    onnx.save(model, str(path))
+    assert read_contract(path).output_name == "probability"
+    with pytest.raises(ContractError, match="contract output 'probability'"):
+        load_segmenter(path)
+
+
+def test_input_size_mismatch_is_refused(tmp_path: Path) -> None:
+    graph_contract = TINY_CONTRACT
+    path = write_tiny_model(tmp_path / "m.onnx", contract=graph_contract)
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    wrong = ModelContract(**{**graph_contract.model_dump(), "input_height": 128})
+    helper.set_model_props(model, {"mammoseg.contract": wrong.to_json()})
+    onnx.save(model, str(path))
+    with pytest.raises(ContractError, match="input shape"):
+        load_segmenter(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="does not exist"):
+        load_segmenter(tmp_path / "nope.onnx")

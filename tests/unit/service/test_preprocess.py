@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from service.contract import ModelContract
+from service.preprocess import (
+    Box,
+    breast_box,
+    output_to_probability,
+    to_model_input,
+    to_source_probability,
+    threshold_mask,
+)
+
+CONTRACT = ModelContract(model_name="m", model_version="1", input_name="image",
+                         input_height=32, input_width=32, output_name="mask")
+
+
+def test_model_input_is_nhwc_unit_range_replicated() -> None:
+    image = np.linspace(0, 1, 100 * 80, dtype=np.float32).reshape(100, 80)
+    tensor, box = to_model_input(image, CONTRACT)
+    assert tensor.shape == (1, 32, 32, 3) and tensor.dtype == np.float32
+    assert box == Box(0, 0, 100, 80)
+    assert np.array_equal(tensor[..., 0], tensor[..., 2])
+    assert 0.0 <= tensor.min() and tensor.max() <= 1.0
+    assert tensor[0, 0, 0, 0] < tensor[0, -1, -1, 0]
+
+
+def test_crop_to_breast_uses_the_bright_region() -> None:
+    image = np.zeros((400, 300), dtype=np.float32)
+    image[100:300, 0:150] = 0.6
+    box = breast_box(image, margin=0)
+    assert abs(box.top - 100) <= 2 and abs(box.bottom - 300) <= 2
+    assert box.left == 0 and abs(box.right - 150) <= 2
+    cropped = CONTRACT.model_copy(update={"crop_to_breast": True})
+    _, model_box_ = to_model_input(image, cropped)
+    assert model_box_.height < 400
+
+
+def test_probability_goes_back_to_the_source_matrix() -> None:
+    prob = np.zeros((32, 32), dtype=np.float32)
+    prob[8:16, 8:16] = 1.0
+    full = to_source_probability(prob, Box(0, 0, 128, 64), (128, 64))
+    assert full.shape == (128, 64)
+    assert full[48, 24] == pytest.approx(1.0) and full[100, 60] == 0.0
+
+
+def test_output_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="contract"):
+        output_to_probability(np.zeros((1, 16, 16, 1)), CONTRACT)
+
+
+def test_threshold_drops_specks_below_min_area() -> None:
+    prob = np.zeros((50, 50), dtype=np.float32)
+    prob[5:15, 5:15] = 0.9   # 100 px
+    prob[30:32, 30:32] = 0.9  # 4 px
+    mask = threshold_mask(prob, 0.5, min_area_px=10)
+    assert mask.sum() == 100 and not mask[31, 31]
+    assert threshold_mask(prob, 0.5).sum() == 104
