@@ -1,0 +1,230 @@
+"""Third-party peers for end-to-end tests, started as processes on loopback.
+
+Orthanc 1.10 binds to all interfaces and cannot be told otherwise, so it runs
+with its own config and storage folder, remote access off, and the tests only
+ever address 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+
+ROUTE_LUA = """
+-- Forward mammograms (not the node's own results) to the mammoseg node.
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if origin['RemoteAet'] == '{node_aet}' then
+    return
+  end
+  if tags['Modality'] == 'MG' then
+    SendToModality(instanceId, 'mammoseg')
+  end
+end
+"""
+
+
+def need(command: str, package: str) -> str:
+    path = shutil.which(command)
+    if path is None:
+        pytest.skip(f"{command} is not installed (Debian package {package}; scripts/test installs it as root)")
+    return path
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:  # type: ignore[type-arg]
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)
+
+
+@dataclass
+class Orthanc:
+    http_port: int
+    dicom_port: int
+    aet: str
+    proc: subprocess.Popen  # type: ignore[type-arg]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: Any) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST")  # noqa: S310
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def download(self, instance_id: str, target: Path) -> Path:
+        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file",  # noqa: S310
+                                    timeout=30) as resp:
+            target.write_bytes(resp.read())
+        return target
+
+    def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
+        found = self.post("/tools/find", {"Level": "Instance", "Expand": True,
+                                          "Query": {"StudyInstanceUID": study_uid}})
+        return list(found)
+
+
+@contextmanager
+def orthanc(tmp: Path, *, node_aet: str, node_port: int, extra_modalities: dict[str, list[Any]] | None = None) -> Iterator[Orthanc]:
+    binary = need("Orthanc", "orthanc")
+    tmp.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    lua = tmp / "route.lua"
+    lua.write_text(ROUTE_LUA.replace("{node_aet}", node_aet))
+    config = {
+        "Name": "mammoseg-test-pacs",
+        "StorageDirectory": str(tmp / "storage"),
+        "IndexDirectory": str(tmp / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomModalities": {
+            "mammoseg": [node_aet, "127.0.0.1", node_port],
+            "storescu": ["STORESCU", "127.0.0.1", 104],
+            **(extra_modalities or {}),
+        },
+        "LuaScripts": [str(lua)],
+        "Plugins": [],
+        "StableAge": 1,
+        "HttpTimeout": 30,
+    }
+    config_path = tmp / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    log = (tmp / "orthanc.log").open("wb")
+    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=tmp)
+    pacs = Orthanc(http_port, dicom_port, "ORTHANC", proc)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited: {(tmp / 'orthanc.log').read_text()[-2000:]}")
+        try:
+            pacs.get("/system")
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+        return True
+
+    try:
+        wait_until(up, 30, "Orthanc to answer HTTP")
+        yield pacs
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen  # type: ignore[type-arg]
+    http_port: int
+    dicom_port: int
+    aet: str
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_node(tmp: Path, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
+               dicom_port: int | None = None, http_port: int | None = None,
+               ready_timeout_s: float = 60) -> NodeProcess:
+    """Start ``mammoseg serve`` as a process and wait until /readyz says yes."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    dicom_port = dicom_port or free_port()
+    http_port = http_port or free_port()
+    data_dir = tmp / "node-data"
+    log_path = tmp / f"node-{int(time.time() * 1000)}.log"
+    command = [sys.executable, "-m", "service", "serve", "--data-dir", str(data_dir),
+               "--dicom-port", str(dicom_port), "--http-port", str(http_port),
+               "--ae-title", "MAMMOSEG", *args]
+    full_env = {**os.environ, "MAMMOSEG_MIN_FREE_MB": "0", **(env or {})}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    node = NodeProcess(proc, http_port, dicom_port, "MAMMOSEG", data_dir, log_path)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited with {proc.returncode}: {node.log_text()[-3000:]}")
+        try:
+            return bool(node.get("/readyz")["ready"])
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    wait_until(ready, ready_timeout_s, "the node to be ready")
+    return node
+
+
+def storescu(port: int, files: Sequence[Path], *, called: str, calling: str = "STORESCU",
+             extra: Sequence[str] = ()) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    binary = need("storescu", "dcmtk")
+    # Compressed files go as they are only with -xv/-xw/-xr/-xt/-xs (pass them in extra).
+    return subprocess.run([binary, "-aet", calling, "-aec", called, *extra, "127.0.0.1",
+                           str(port), *map(str, files)], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@contextmanager
+def storescp(tmp: Path, *, aet: str = "STORESCP") -> Iterator[tuple[int, Path]]:
+    """DCMTK storescp as a destination; yields (port, folder it writes to)."""
+    binary = need("storescp", "dcmtk")
+    port = free_port()
+    out = tmp / "storescp"
+    out.mkdir(parents=True, exist_ok=True)
+    log = (tmp / "storescp.log").open("wb")
+    proc = subprocess.Popen([binary, "-aet", aet, "-od", str(out), "+xa", "-uf", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            raise AssertionError((tmp / "storescp.log").read_text())
+        yield port, out
+    finally:
+        stop_process(proc)
+        log.close()

@@ -1,0 +1,157 @@
+"""A real pynetdicom SCU against the node's storage SCP on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    Verification,
+)
+
+from dicom_node.scp import ReceivedInstance, ScpConfig, StorageSCP
+from dicom_node.status import Status
+from tests.conftest import free_port
+
+MG = DigitalMammographyXRayImageStorageForPresentation
+
+
+def small_image(uid: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = MG
+    ds.SOPInstanceUID = uid or generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MG"
+    ds.Rows, ds.Columns = 8, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.arange(64, dtype=np.uint16).tobytes()
+    return ds
+
+
+class Sink:
+    def __init__(self, fail: bool = False) -> None:
+        self.received: list[ReceivedInstance] = []
+        self.fail = fail
+
+    def __call__(self, instance: ReceivedInstance) -> None:
+        if self.fail:
+            raise OSError("database is locked")
+        self.received.append(instance)
+
+
+@pytest.fixture
+def scp_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    started: list[StorageSCP] = []
+
+    def make(sink: Sink, **kw: object) -> StorageSCP:
+        config = ScpConfig(ae_title="MAMMOSEG", host="127.0.0.1", port=free_port(),
+                           spool_dir=tmp_path / "spool", **kw)  # type: ignore[arg-type]
+        scp = StorageSCP(config, sink)
+        scp.start()
+        started.append(scp)
+        return scp
+
+    yield make
+    for scp in started:
+        scp.stop()
+
+
+def associate(scp: StorageSCP, calling: str = "PACS", called: str = "MAMMOSEG",
+              contexts: tuple[str, ...] = (MG, Verification)):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling)
+    for context in contexts:
+        ae.add_requested_context(context)
+    return ae.associate("127.0.0.1", scp.config.port, ae_title=called)
+
+
+def test_echo_and_store_is_on_disk_and_committed_before_success(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    sink = Sink()
+    scp = scp_factory(sink)
+    assoc = associate(scp)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == Status.SUCCESS
+    ds = small_image()
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == Status.SUCCESS
+    (instance,) = sink.received
+    assert instance.path.name == f"{ds.SOPInstanceUID}.dcm"
+    stored = dcmread(instance.path)
+    assert stored.SOPInstanceUID == ds.SOPInstanceUID
+    assert stored.PixelData == ds.PixelData
+    assert instance.calling_ae_title == "PACS"
+    assert instance.transfer_syntax_uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def test_sink_failure_answers_out_of_resources(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    scp = scp_factory(Sink(fail=True))
+    assoc = associate(scp)
+    status = assoc.send_c_store(small_image())
+    assoc.release()
+    assert status.Status == Status.OUT_OF_RESOURCES
+
+
+def test_disk_watermark_answers_out_of_resources(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    sink = Sink()
+    scp = scp_factory(sink, min_free_bytes=1 << 62)
+    assoc = associate(scp)
+    status = assoc.send_c_store(small_image())
+    assoc.release()
+    assert status.Status == Status.OUT_OF_RESOURCES and sink.received == []
+    assert not any((scp.config.spool_dir).glob("*.dcm"))
+
+
+@pytest.mark.parametrize("uid", ["1.2.3/../../4", "1.2..3", "1.2.3.04x"])
+def test_uid_with_path_characters_is_refused(scp_factory, uid: str) -> None:  # type: ignore[no-untyped-def]
+    sink = Sink()
+    scp = scp_factory(sink)
+    assoc = associate(scp)
+    status = assoc.send_c_store(small_image(uid))
+    assoc.release()
+    assert status.Status == Status.CANNOT_UNDERSTAND
+    assert sink.received == [] and list(scp.config.spool_dir.iterdir()) == []
+
+
+def test_caller_not_allowed_is_rejected(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    scp = scp_factory(Sink(), allowed_callers=["ORTHANC"])
+    assoc = associate(scp, calling="INTRUDER")
+    assert assoc.is_rejected
+    allowed = associate(scp, calling="ORTHANC")
+    assert allowed.is_established
+    allowed.release()
+
+
+def test_wrong_called_ae_title_is_rejected(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    scp = scp_factory(Sink())
+    assoc = associate(scp, called="SOMEONE")
+    assert assoc.is_rejected
+
+
+def test_unsupported_sop_class_gets_no_context(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    scp = scp_factory(Sink())
+    assoc = associate(scp, contexts=(CTImageStorage, Verification))
+    assert assoc.is_established
+    accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
+    assoc.release()
+    assert CTImageStorage not in accepted and Verification in accepted
+
+
+def test_stop_releases_the_port(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    scp = scp_factory(Sink())
+    assert scp.listening
+    scp.stop()
+    assert not scp.listening
+    assoc = associate(scp)
+    assert not assoc.is_established
