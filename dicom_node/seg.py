@@ -1,0 +1,231 @@
+"""The DICOM Segmentation (SEG) of a mammogram's masses (PS3.3 A.51, C.8.20).
+
+One BINARY segment "Mass" (SCT 4147007, category SCT 49755003 "Morphologically
+abnormal structure") over the source matrix, in the breast (SCT 76752008)
+qualified by the source's laterality, in a new series of the source's study,
+referencing the source image; the AI model is named in the Segmentation
+Algorithm Identification Sequence (PS3.3 C.8.20.2, CID 7162).
+
+Decisions:
+
+- An empty mask gives no SEG (None).  A SEG can be valid with an empty frame,
+  but its Segment Sequence would then declare a "Mass" segment that contains
+  nothing; viewers list such segments as findings.  "No mass found" is said by
+  the Secondary Capture and the SR instead.
+- A 2-D source (no Image Orientation (Patient), e.g. every MG image) gives a
+  SEG without Frame of Reference: the source's Frame of Reference locates
+  nothing without image position and orientation, and carrying it would make
+  Pixel Measures' Slice Thickness mandatory (PS3.3 C.7.6.16.2.1), which a
+  projection has not got.  Nor does it get a Pixel Measures functional group:
+  highdicom 0.28 cannot read one back without Slice Thickness, and the
+  SEG shares its source's matrix, whose spacing the source states.  The SEG
+  is tied to its source by the Derivation Image and Referenced Series
+  Sequences.  Laterality lives in the segment's anatomic region modifier
+  (General Series Laterality is not allowed in a SEG without Body Part
+  Examined, says dciodvfy).
+- highdicom never sees patient identity: it would log a name it finds
+  unusual.  Patient and study attributes are copied verbatim afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import highdicom as hd
+import numpy as np
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.errors import DicomNodeError
+from dicom_node.provenance import PATIENT_STUDY_KEYWORDS, Provenance, copy_patient_study
+
+DEFAULT_SEG_SERIES_DESCRIPTION: Final = "AI mass segmentation (not for diagnostic use)"
+SEGMENT_NUMBER: Final = 1
+SEGMENT_LABEL: Final = "Mass"
+SEG_CONTENT_LABEL: Final = "MAMMOSEG"
+SEG_CONTENT_DESCRIPTION: Final = "AI mass segmentation"
+SEG_INSTANCE_NUMBER: Final = 1
+MASS: Final[Code] = codes.SCT.Mass  # SCT 4147007
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Final[Code] = codes.SCT.MorphologicallyAbnormalStructure
+BREAST: Final[Code] = codes.SCT.Breast  # SCT 76752008
+#: CID 244 Laterality: the modifier of the anatomic region (PS3.3 10.2.1).
+LATERALITY_CODES: Final[dict[str, Code]] = {
+    "L": Code("7771000", "SCT", "Left"),
+    "R": Code("24028007", "SCT", "Right"),
+}
+#: Algorithm families of CID 7162 by name; anything else is refused.
+ALGORITHM_FAMILIES: Final[dict[str, Code]] = {
+    "Artificial Intelligence": codes.DCM.ArtificialIntelligence,
+}
+# Patient Orientation values are letters of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1).
+_PATIENT_ORIENTATION_VALUE = re.compile(r"^[APRLHF]+$")
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Left out for a 2-D source: see the module docstring.
+_SPATIAL_KEYWORDS = (
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+)
+
+
+class SegmentationError(DicomNodeError):
+    """A SEG that cannot be built from this source and mask (the reason says why)."""
+
+
+def build_segmentation(
+    *,
+    source: Dataset,
+    mask: np.ndarray,
+    provenance: Provenance,
+    series_number: int,
+    series_description: str = DEFAULT_SEG_SERIES_DESCRIPTION,
+) -> Dataset | None:
+    """A BINARY SEG of ``mask`` (bool, source rows x columns), or None if it is empty.
+
+    The SEG joins the source's patient and study (copied verbatim, PS3.3
+    C.7.1.1, C.7.2.1), opens a new series (``series_number``), and is written
+    in Explicit VR Little Endian with 1-bit packed frames (PS3.5 8.1.1).
+    """
+    _check_series(series_number, series_description)
+    _check_mask(mask, source)
+    if not mask.any():
+        return None
+    laterality = source_laterality(source)
+    anatomic_region = hd.sr.CodedConcept(BREAST.value, BREAST.scheme_designator, BREAST.meaning)
+    if laterality is not None:
+        modifier = LATERALITY_CODES[laterality]
+        anatomic_region.AnatomicRegionModifierSequence = [
+            hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)
+        ]
+    description = hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        segmented_property_type=MASS,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(provenance),
+        anatomic_regions=[anatomic_region],
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[reference_dataset(source)],
+            pixel_array=mask.astype(np.bool_, copy=False),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=provenance.new_uid(),
+            series_number=series_number,
+            sop_instance_uid=provenance.new_uid(),
+            instance_number=SEG_INSTANCE_NUMBER,
+            manufacturer=provenance.manufacturer,
+            manufacturer_model_name=provenance.model_name,
+            software_versions=provenance.software_version,
+            device_serial_number=provenance.device_serial_number,
+            institution_name=provenance.institution_name,
+            series_description=series_description,
+            content_label=SEG_CONTENT_LABEL,
+            content_description=SEG_CONTENT_DESCRIPTION,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise SegmentationError(f"cannot build the SEG from this source: {exc}") from exc
+    copy_patient_study(source, seg)
+    orientation = patient_orientation(source)
+    seg.PatientOrientation = list(orientation) if orientation else None
+    return seg
+
+
+def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm Identification (PS3.3 C.8.20.2) from the model contract."""
+    family = ALGORITHM_FAMILIES.get(provenance.algorithm_family)
+    if family is None:
+        raise SegmentationError(
+            f"unknown algorithm family {provenance.algorithm_family!r}: "
+            f"expected one of {sorted(ALGORITHM_FAMILIES)}"
+        )
+    return hd.AlgorithmIdentificationSequence(
+        name=provenance.model_name, family=family, version=provenance.model_version
+    )
+
+
+def source_laterality(source: Dataset) -> str | None:
+    """L or R from Image Laterality (C.8.11.2), else the series' Laterality (C.7.3.1)."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(source.get(keyword) or "").strip().upper()
+        if value in LATERALITY_CODES:
+            return value
+    return None
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation if it is valid (PS3.3 C.7.6.1.1.1), else None.
+
+    Some archives hold values such as "CC" that dciodvfy rightly refuses;
+    those are not copied into derived objects.
+    """
+    value = source.get("PatientOrientation")
+    if value is None or isinstance(value, str):
+        return None
+    values = [str(v).strip().upper() for v in value]
+    if len(values) != 2 or not all(_PATIENT_ORIENTATION_VALUE.match(v) for v in values):
+        return None
+    return values[0], values[1]
+
+
+def reference_dataset(source: Dataset) -> Dataset:
+    """The source's attributes without pixel data or patient identity, for highdicom.
+
+    highdicom reads patient and study attributes from its source or reference
+    dataset and logs names it finds unusual; it gets empty placeholders and
+    the real values are copied afterwards (:func:`copy_patient_study`).
+    Elements are shared, not copied: the result must not be modified in place.
+    """
+    excluded = {tag_for_keyword(k) for k in (*_PIXEL_DATA_KEYWORDS, *PATIENT_STUDY_KEYWORDS)}
+    if "ImageOrientationPatient" not in source and "PlanePositionSequence" not in source:
+        excluded |= {tag_for_keyword(k) for k in _SPATIAL_KEYWORDS}
+    reference = Dataset()
+    for tag in source.keys():
+        if tag not in excluded:
+            reference.add(source[tag])
+    if hasattr(source, "file_meta"):
+        reference.file_meta = source.file_meta
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+    ):
+        setattr(reference, keyword, "")
+    if "StudyInstanceUID" not in source:
+        raise SegmentationError("the source has no Study Instance UID")
+    reference.StudyInstanceUID = source.StudyInstanceUID
+    return reference
+
+
+def _check_series(series_number: int, series_description: str) -> None:
+    if isinstance(series_number, bool) or not isinstance(series_number, int):
+        raise ValueError(f"series_number must be an int, got {type(series_number).__name__}")
+    if not 1 <= series_number <= 2**31 - 1:
+        raise ValueError(f"series_number must be in 1..2^31-1 (IS), got {series_number}")
+    if not isinstance(series_description, str) or not series_description.strip():
+        raise ValueError("series_description must be a non-empty string")
+    if len(series_description) > 64:
+        raise ValueError("series_description must be at most 64 characters (LO)")
+
+
+def _check_mask(mask: np.ndarray, source: Dataset) -> None:
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+        raise ValueError("mask must be a bool numpy array")
+    expected = (int(source.get("Rows", 0)), int(source.get("Columns", 0)))
+    if mask.shape != expected:
+        raise ValueError(f"mask shape {mask.shape} does not match the source matrix {expected}")
