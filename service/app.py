@@ -108,6 +108,14 @@ def readiness(node: NodeState) -> Readiness:
     return Readiness(ready=all(c.ok for c in checks), checks=checks)
 
 
+def get_node(request: Request) -> NodeState:
+    node: NodeState = request.app.state.node
+    return node
+
+
+NodeDep = Annotated[NodeState, Depends(get_node)]
+
+
 def problem(status: int, title: str, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, media_type="application/problem+json",
                         content={"type": "about:blank", "title": title, "status": status,
@@ -118,10 +126,7 @@ def create_app(node: NodeState) -> FastAPI:
     app = FastAPI(title="mammoseg", version=node.version,
                   description="Breast mass segmentation DICOM node: jobs, health and results")
 
-    def get_node() -> NodeState:
-        return node
-
-    NodeDep = Annotated[NodeState, Depends(get_node)]
+    app.state.node = node
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:

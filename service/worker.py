@@ -111,7 +111,7 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
     next_at = now + ctx.retry.delay(attempts)
     ctx.store.update(job.id, state=JobState.RETRYING, attempts=attempts, reason=reason,
                      next_attempt_at=next_at, first_send_failure_at=first_failure)
-    log.warning("job %d RETRYING in %.0f s (attempt %d): %s", job.id, next_at - now, attempts,
+    log.warning("job %d RETRYING in %.1f s (attempt %d): %s", job.id, next_at - now, attempts,
                 reason)
 
 
