@@ -6,6 +6,11 @@ CID 7162), the equipment that ran it (General and Enhanced General Equipment,
 PS3.3 C.7.5.1, C.7.5.2), and UIDs under the site's root (PS3.5 9).  Nothing
 here is defaulted that a site must decide: model name and version, software
 version and UID root are required.
+
+The helpers below are shared by the builders: the patient and study copied
+verbatim from the source (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2), the source's
+laterality and a Patient Orientation worth copying, and the reference dataset
+handed to highdicom without pixel data or patient identity.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
+
+from dicom_node.errors import DicomNodeError
 
 #: PS3.5 9.1: a UID is at most 64 characters; generate_uid needs room after the root.
 MAX_UID_ROOT_LENGTH = 40
@@ -56,6 +64,48 @@ PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
     "PatientWeight",
     "AdmissionID",
 )
+
+
+#: Laterality of a paired body part (PS3.3 C.7.3.1 Laterality, C.8.11.2 Image Laterality).
+LATERALITY_VALUES: tuple[str, ...] = ("L", "R")
+#: Attributes a derived object needs from its source to reference it (PS3.3 C.7.6.1).
+SOURCE_KEYWORDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Rows",
+    "Columns",
+)
+# Patient Orientation values are letters of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1).
+_PATIENT_ORIENTATION_VALUE = re.compile(r"^[APRLHF]+$")
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Not handed to highdicom for a 2-D source (no Image Orientation (Patient)):
+# see dicom_node.seg for why a projection's SEG has no Frame of Reference.
+_SPATIAL_KEYWORDS = (
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+)
+#: Patient and study attributes highdicom reads from a reference dataset;
+#: they get empty placeholders there (see :func:`reference_dataset`).
+_PLACEHOLDER_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+class DerivedObjectError(DicomNodeError):
+    """A SEG, SC or SR that cannot be derived from this source (the reason says why)."""
 
 
 def _check_text(name: str, value: object, *, limit: int = MAX_LONG_STRING) -> None:
@@ -128,3 +178,60 @@ def copy_patient_study(
             target.add_new(element.tag, element.VR, deepcopy(element.value))
     if "SpecificCharacterSet" in source:
         target.SpecificCharacterSet = source.SpecificCharacterSet
+
+
+def check_source(source: Dataset) -> None:
+    """Refuse a source that a derived object could not reference (PS3.3 C.7.6.1)."""
+    missing = [k for k in SOURCE_KEYWORDS if not source.get(k)]
+    if missing:
+        raise DerivedObjectError(
+            f"the source lacks {', '.join(missing)}: a derived object could not reference it"
+        )
+
+
+def source_laterality(source: Dataset) -> str | None:
+    """L or R from Image Laterality (C.8.11.2), else the series' Laterality (C.7.3.1)."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(source.get(keyword) or "").strip().upper()
+        if value in LATERALITY_VALUES:
+            return value
+    return None
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation if it is valid (PS3.3 C.7.6.1.1.1), else None.
+
+    Some archives hold values such as "CC" that dciodvfy rightly refuses;
+    those are not copied into derived objects.
+    """
+    value = source.get("PatientOrientation")
+    if value is None or isinstance(value, str):
+        return None
+    values = [str(v).strip().upper() for v in value]
+    if len(values) != 2 or not all(_PATIENT_ORIENTATION_VALUE.match(v) for v in values):
+        return None
+    return values[0], values[1]
+
+
+def reference_dataset(source: Dataset) -> Dataset:
+    """The source's attributes without pixel data or patient identity, for highdicom.
+
+    highdicom reads patient and study attributes from its source or reference
+    dataset and logs names it finds unusual; it gets empty placeholders and
+    the real values are copied afterwards (:func:`copy_patient_study`).
+    Elements are shared, not copied: the result must not be modified in place.
+    """
+    excluded = {tag_for_keyword(k) for k in (*_PIXEL_DATA_KEYWORDS, *PATIENT_STUDY_KEYWORDS)}
+    if "ImageOrientationPatient" not in source and "PlanePositionSequence" not in source:
+        excluded |= {tag_for_keyword(k) for k in _SPATIAL_KEYWORDS}
+    reference = Dataset()
+    for tag in source.keys():
+        if tag not in excluded:
+            reference.add(source[tag])
+    if hasattr(source, "file_meta"):
+        reference.file_meta = source.file_meta
+    for keyword in _PLACEHOLDER_KEYWORDS:
+        setattr(reference, keyword, "")
+    check_source(source)
+    reference.StudyInstanceUID = source.StudyInstanceUID
+    return reference

@@ -29,19 +29,24 @@ Decisions:
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import highdicom as hd
 import numpy as np
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.errors import DicomNodeError
-from dicom_node.provenance import PATIENT_STUDY_KEYWORDS, Provenance, copy_patient_study
+from dicom_node.provenance import (
+    DerivedObjectError,
+    Provenance,
+    check_source,
+    copy_patient_study,
+    patient_orientation,
+    reference_dataset,
+    source_laterality,
+)
 
 DEFAULT_SEG_SERIES_DESCRIPTION: Final = "AI mass segmentation (not for diagnostic use)"
 SEGMENT_NUMBER: Final = 1
@@ -61,20 +66,9 @@ LATERALITY_CODES: Final[dict[str, Code]] = {
 ALGORITHM_FAMILIES: Final[dict[str, Code]] = {
     "Artificial Intelligence": codes.DCM.ArtificialIntelligence,
 }
-# Patient Orientation values are letters of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1).
-_PATIENT_ORIENTATION_VALUE = re.compile(r"^[APRLHF]+$")
-_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# Left out for a 2-D source: see the module docstring.
-_SPATIAL_KEYWORDS = (
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
-    "PixelSpacing",
-    "SliceThickness",
-    "SpacingBetweenSlices",
-)
 
 
-class SegmentationError(DicomNodeError):
+class SegmentationError(DerivedObjectError):
     """A SEG that cannot be built from this source and mask (the reason says why)."""
 
 
@@ -93,6 +87,7 @@ def build_segmentation(
     in Explicit VR Little Endian with 1-bit packed frames (PS3.5 8.1.1).
     """
     _check_series(series_number, series_description)
+    check_source(source)
     _check_mask(mask, source)
     if not mask.any():
         return None
@@ -151,65 +146,6 @@ def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificati
     return hd.AlgorithmIdentificationSequence(
         name=provenance.model_name, family=family, version=provenance.model_version
     )
-
-
-def source_laterality(source: Dataset) -> str | None:
-    """L or R from Image Laterality (C.8.11.2), else the series' Laterality (C.7.3.1)."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(source.get(keyword) or "").strip().upper()
-        if value in LATERALITY_CODES:
-            return value
-    return None
-
-
-def patient_orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's Patient Orientation if it is valid (PS3.3 C.7.6.1.1.1), else None.
-
-    Some archives hold values such as "CC" that dciodvfy rightly refuses;
-    those are not copied into derived objects.
-    """
-    value = source.get("PatientOrientation")
-    if value is None or isinstance(value, str):
-        return None
-    values = [str(v).strip().upper() for v in value]
-    if len(values) != 2 or not all(_PATIENT_ORIENTATION_VALUE.match(v) for v in values):
-        return None
-    return values[0], values[1]
-
-
-def reference_dataset(source: Dataset) -> Dataset:
-    """The source's attributes without pixel data or patient identity, for highdicom.
-
-    highdicom reads patient and study attributes from its source or reference
-    dataset and logs names it finds unusual; it gets empty placeholders and
-    the real values are copied afterwards (:func:`copy_patient_study`).
-    Elements are shared, not copied: the result must not be modified in place.
-    """
-    excluded = {tag_for_keyword(k) for k in (*_PIXEL_DATA_KEYWORDS, *PATIENT_STUDY_KEYWORDS)}
-    if "ImageOrientationPatient" not in source and "PlanePositionSequence" not in source:
-        excluded |= {tag_for_keyword(k) for k in _SPATIAL_KEYWORDS}
-    reference = Dataset()
-    for tag in source.keys():
-        if tag not in excluded:
-            reference.add(source[tag])
-    if hasattr(source, "file_meta"):
-        reference.file_meta = source.file_meta
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-    ):
-        setattr(reference, keyword, "")
-    if "StudyInstanceUID" not in source:
-        raise SegmentationError("the source has no Study Instance UID")
-    reference.StudyInstanceUID = source.StudyInstanceUID
-    return reference
 
 
 def _check_series(series_number: int, series_description: str) -> None:

@@ -77,7 +77,7 @@ LOSSY_TRANSFER_SYNTAXES = (JPEGLSNearLossless, JPEG2000)
 #: Maximum absolute error of one stored value for JPEG-LS near-lossless.
 JPEG_LS_NEAR_LOSSLESS_ERROR = 2
 #: Compression ratio asked of the lossy JPEG 2000 encoder.
-JPEG_2000_LOSSY_RATIO = 10.0
+JPEG_2000_LOSSY_RATIO = 5.0
 
 _DCMTK_OPTIONS = {
     JPEGLosslessSV1: ["+e1"],
@@ -110,6 +110,8 @@ _TISSUE_DENSITY = 0.45
 _TISSUE_TEXTURE = 0.12
 _MASS_DENSITY = 0.35
 _FINE_NOISE = 0.01
+_TEXTURE_CELLS = 12
+_FINE_TEXTURE = 0.5
 _AIR_DENSITY = 0.02
 
 _call_counter = itertools.count()
@@ -156,9 +158,11 @@ def breast_region(rows: int, columns: int, laterality: str) -> np.ndarray:
     return (rr[:, None] + cc[None, :]) <= 1.0
 
 
-def _smooth_noise(rows: int, columns: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-ish noise smooth over ~1/30 of the image: cubic up x4, then linear to size."""
-    coarse = rng.standard_normal((max(4, rows // 32), max(4, columns // 32))).astype(np.float32)
+def _smooth_noise(rows: int, columns: int, cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise smooth over 1/``cells`` of the shorter side: cubic up x4, then linear to size."""
+    step = max(1, min(rows, columns) // cells)
+    coarse_shape = (max(4, -(-rows // step)), max(4, -(-columns // step)))
+    coarse = rng.standard_normal(coarse_shape).astype(np.float32)
     medium = ndimage.zoom(coarse, 4, order=3, mode="mirror")
     noise = ndimage.zoom(
         medium, (rows / medium.shape[0], columns / medium.shape[1]), order=1, mode="nearest"
@@ -171,7 +175,9 @@ def _density(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Density map in [0, 1] (float32) and the breast region."""
     region = breast_region(rows, columns, laterality)
-    texture = _smooth_noise(rows, columns, rng)
+    # Two octaves, the same look at every matrix size: lobules and finer glandular detail.
+    texture = _smooth_noise(rows, columns, _TEXTURE_CELLS, rng)
+    texture += _FINE_TEXTURE * _smooth_noise(rows, columns, 4 * _TEXTURE_CELLS, rng)
     density = np.full((rows, columns), _AIR_DENSITY, dtype=np.float32)
     tissue = _TISSUE_DENSITY + _TISSUE_TEXTURE * np.tanh(texture[region])
     density[region] = tissue

@@ -98,7 +98,7 @@ def test_every_transfer_syntax_gives_the_same_display_image(
     if ts == JPEGLSNearLossless:  # each stored value off by at most the NEAR parameter
         width = float(pydicom.dcmread(path).WindowWidth)
         assert difference.max() <= JPEG_LS_NEAR_LOSSLESS_ERROR / (width - 1) + 1e-6
-    elif ts == JPEG2000:  # 10:1 on a small noisy image
+    elif ts == JPEG2000:  # 5:1 on a small noisy image
         assert difference.mean() < 0.02
         assert difference.max() < 0.15
     else:
