@@ -1,0 +1,100 @@
+"""Evaluation: hand-computed Dice/IoU and an end-to-end run with a hand-made ONNX model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export import evaluate
+from service.contract import CONTRACT_KEY, ModelContract
+
+
+def test_dice_iou_hand_computed() -> None:
+    truth = np.array([[1, 1, 0, 0]], bool)
+    predicted = np.array([[1, 0, 1, 0]], bool)
+    assert evaluate.dice_iou(truth, predicted) == pytest.approx((0.5, 1 / 3))
+    empty = np.zeros((2, 2), bool)
+    assert evaluate.dice_iou(empty, empty) == (1.0, 1.0)
+    assert evaluate.dice_iou(truth, np.zeros_like(truth)) == (0.0, 0.0)
+
+
+def brightness_model(path: Path, size: int = 32) -> Path:
+    """An ONNX 'segmenter' that answers sigmoid(40 * (x - 0.5)) of channel 0."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["gray"]),
+        helper.make_node("Sub", ["gray", "half"], ["centred"]),
+        helper.make_node("Mul", ["centred", "gain"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["mask"]),
+    ]
+    inits = [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "brightness",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", size, size, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    contract = ModelContract(
+        model_name="Bright",
+        model_version="1",
+        input_name="image",
+        output_name="mask",
+        input_height=size,
+        input_width=size,
+    )
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
+    onnx.save(model, str(path))
+    return path
+
+
+def test_evaluate_models_writes_table_json_and_panels(pair_tree: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    model = brightness_model(tmp_path / "bright.onnx")
+    out = tmp_path / "eval"
+    results = evaluate.evaluate_models([model, model], pair_tree, out, names=["a", "b"], panels=2)
+    # the discs are bright (> 0.7) on a dark background (< 0.25): near-perfect segmentation
+    assert results[0].mean_dice > 0.9 and results[0].mean_iou > 0.8
+    assert len(results[0].images) == 10
+    stored = json.loads((out / "a.per_image.json").read_text())
+    assert len(stored["images"]) == 10 and stored["resolution"] == "source"
+    table = (out / "comparison.md").read_text()
+    assert "| a | 10 |" in table and "| b | 10 |" in table
+    assert (out / "comparison.png").is_file() and (out / "a.panels.png").is_file()
+
+
+def test_model_resolution_and_split_selection(pair_tree: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = brightness_model(tmp_path / "bright.onnx")
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [], "val": ["case00", "case01"], "test": []}))
+    results = evaluate.evaluate_models(
+        [model],
+        pair_tree,
+        tmp_path / "e",
+        split="val",
+        split_file=split_file,
+        panels=0,
+        resolution="model",
+    )
+    assert [s.key for s in results[0].images] == ["case00", "case01"]
+
+
+def test_split_needs_a_split_file(pair_tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(evaluate.EvaluationError, match="split-file"):
+        evaluate.evaluate_models(["m.onnx"], pair_tree, tmp_path, split="val")

@@ -1,0 +1,119 @@
+"""Export round trip with a tiny model: ONNX written, contract readable, parity checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.train
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+from model_export import export  # noqa: E402
+from model_export.architectures import build_unet  # noqa: E402
+from service.contract import CONTRACT_KEY, ModelContract  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> object:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return build_unet((32, 32, 3), base_filters=4, depth=2)
+
+
+@pytest.fixture
+def tiny_keras_file(tiny_model: object, tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.keras"
+    tiny_model.save(path)
+    return path
+
+
+OPTIONS = export.ExportOptions(
+    model_name="Tiny",
+    model_version="0.0.1",
+    training_data="unit test",
+    val_dice=0.5,
+    val_iou=0.3,
+    parity_images=4,
+)
+
+
+def test_round_trip_contract_and_parity(
+    tiny_keras_file: Path, pair_tree: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    out = tmp_path / "tiny.onnx"
+    report = export.export_model(tiny_keras_file, out, OPTIONS, data=pair_tree)
+    assert out.is_file() and not out.with_name(out.name + ".partial").exists()
+    contract = export.read_contract(out)
+    assert contract == report.contract
+    assert (contract.input_name, contract.output_name) == ("image", "mask")
+    assert (contract.input_height, contract.input_width, contract.input_channels) == (32, 32, 3)
+    assert contract.validation_metrics.dice == 0.5
+    assert "tf2onnx" in contract.framework
+    assert report.parity.max_abs_diff < 1e-4 and report.parity.images == 4
+    proto = onnx.load(str(out))
+    assert proto.opset_import[0].version == export.OPSET
+    assert {p.key for p in proto.metadata_props} == {CONTRACT_KEY}
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == export.BATCH_DIM
+
+
+def test_dynamic_batch_runs_in_onnxruntime(tiny_model: object, tmp_path: Path) -> None:
+    proto = export.convert_to_onnx(tiny_model, export.make_contract(tiny_model, OPTIONS))
+    import onnx
+
+    path = tmp_path / "t.onnx"
+    onnx.save(proto, str(path))
+    images = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
+    out = export.run_onnx(path, images, batch_size=3)
+    assert out.shape == (3, 32, 32, 1)
+    np.testing.assert_allclose(out, np.asarray(tiny_model(images)), atol=1e-4)
+
+
+def test_parity_failure_removes_the_file(
+    tiny_keras_file: Path, pair_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def skewed(path: object, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        return np.full((len(images), 32, 32, 1), 0.99, np.float32)
+
+    monkeypatch.setattr(export, "run_onnx", skewed)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(export.ExportError, match="differs from Keras"):
+        export.export_model(tiny_keras_file, out, OPTIONS, data=pair_tree)
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_int8_keeps_the_contract(tiny_model: object, tmp_path: Path) -> None:
+    import onnx
+
+    contract = export.make_contract(tiny_model, OPTIONS)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(export.convert_to_onnx(tiny_model, contract), str(fp32))
+    calibration = np.random.default_rng(1).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+    int8 = export.quantize_int8(fp32, tmp_path / "int8.onnx", calibration, contract)
+    stored = export.read_contract(int8)
+    assert isinstance(stored, ModelContract) and "INT8" in stored.framework
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert export.run_onnx(int8, calibration).shape == (4, 32, 32, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]
+
+
+def test_int8_below_the_dice_floor_is_refused(
+    tiny_keras_file: Path, pair_tree: Path, tmp_path: Path
+) -> None:
+    options = export.ExportOptions(
+        **{
+            **OPTIONS.__dict__,
+            "int8_path": str(tmp_path / "q.onnx"),
+            "calibration_images": 4,
+            "int8_min_dice": 1.01,
+        }
+    )
+    report = export.export_model(tiny_keras_file, tmp_path / "f.onnx", options, data=pair_tree)
+    assert report.int8_refused and report.int8_dice is not None
+    assert not (tmp_path / "q.onnx").exists()
