@@ -26,15 +26,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import DS
 from scipy import ndimage
 
 from dicom_node.provenance import (
     DerivedObjectError,
     Provenance,
     check_source,
+    copy_patient_orientation,
     copy_patient_study,
-    patient_orientation,
     reference_dataset,
     source_laterality,
 )
@@ -109,7 +108,7 @@ def build_overlay_capture(
             device_serial_number=provenance.device_serial_number,
             institution_name=provenance.institution_name,
             series_description=series_description,
-            pixel_spacing=spacing,
+            pixel_spacing=spacing,  # type: ignore[arg-type]  # annotated tuple[int, int]
             laterality=laterality,
             patient_orientation=_PLACEHOLDER_ORIENTATION,
             transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -117,8 +116,7 @@ def build_overlay_capture(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise CaptureError(f"cannot build the overlay capture from this source: {exc}") from exc
     copy_patient_study(source, sc)
-    orientation = patient_orientation(source)
-    sc.PatientOrientation = list(orientation) if orientation else None
+    copy_patient_orientation(source, sc)
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     sc.LossyImageCompression = "00"
@@ -257,11 +255,8 @@ def _scaled_spacing(
         return None
     if not (row_spacing > 0 and column_spacing > 0):
         return None
-    # DS holds 16 characters (PS3.5 6.2): round so that auto-formatting never fails.
-    return (
-        float(DS(f"{row_spacing * row_factor:.10g}", auto_format=True)),
-        float(DS(f"{column_spacing * column_factor:.10g}", auto_format=True)),
-    )
+    # highdicom writes them as DS with auto-formatting (16 characters, PS3.5 6.2).
+    return row_spacing * row_factor, column_spacing * column_factor
 
 
 def _image_reference(source: Dataset, *, purpose: bool) -> Dataset:

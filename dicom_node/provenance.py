@@ -213,6 +213,16 @@ def patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return values[0], values[1]
 
 
+def copy_patient_orientation(source: Dataset, target: Dataset) -> None:
+    """Patient Orientation of the source if valid, else empty (Type 2C, PS3.3 C.7.6.1).
+
+    highdicom 0.28 gives a SEG of a 2-D image none and refuses values such as
+    A\\FR for an SC, so the builders set it afterwards.
+    """
+    orientation = patient_orientation(source)
+    target.add_new("PatientOrientation", "CS", list(orientation) if orientation else None)
+
+
 def reference_dataset(source: Dataset) -> Dataset:
     """The source's attributes without pixel data or patient identity, for highdicom.
 

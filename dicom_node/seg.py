@@ -42,8 +42,8 @@ from dicom_node.provenance import (
     DerivedObjectError,
     Provenance,
     check_source,
+    copy_patient_orientation,
     copy_patient_study,
-    patient_orientation,
     reference_dataset,
     source_laterality,
 )
@@ -130,8 +130,7 @@ def build_segmentation(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegmentationError(f"cannot build the SEG from this source: {exc}") from exc
     copy_patient_study(source, seg)
-    orientation = patient_orientation(source)
-    seg.PatientOrientation = list(orientation) if orientation else None
+    copy_patient_orientation(source, seg)
     return seg
 
 

@@ -100,7 +100,7 @@ _PATIENT_ORIENTATION = {
     ("L", "LM"): ["P", "F"],
     ("R", "LM"): ["A", "F"],
 }
-_PRESENTATION_INTENT = {
+_PRESENTATION_INTENT: dict[str, str] = {
     DigitalMammographyXRayImageStorageForPresentation: "FOR PRESENTATION",
     DigitalMammographyXRayImageStorageForProcessing: "FOR PROCESSING",
 }
