@@ -21,8 +21,8 @@ Decisions:
   SEG shares its source's matrix, whose spacing the source states.  The SEG
   is tied to its source by the Derivation Image and Referenced Series
   Sequences.  Laterality lives in the segment's anatomic region modifier
-  (General Series Laterality is not allowed in a SEG without Body Part
-  Examined, says dciodvfy).
+  (PS3.3 10.2.1): dciodvfy flags General Series Laterality (Type 2C) in such
+  a SEG as present although its condition is not met.
 - highdicom never sees patient identity: it would log a name it finds
   unusual.  Patient and study attributes are copied verbatim afterwards.
 """
