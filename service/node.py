@@ -8,8 +8,11 @@ aborted, so senders retry), workers finish their current job, the store closes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -114,12 +117,31 @@ def start_node(settings: Settings) -> Node:
     return Node(settings, store, segmenter, scp, workers, stop_event)
 
 
+class _HttpServer(uvicorn.Server):
+    """Uvicorn without its signal re-raise: run_node owns SIGTERM/SIGINT, so the node
+    stops in order (SCP, workers, store) and the process exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def request_exit(signum: int, frame: object) -> None:
+            log.info("signal %d received: stopping", signum)
+            self.should_exit = True
+
+        previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT,
+                                                                       signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def run_node(settings: Settings) -> None:
     node = start_node(settings)
     app = create_app(NodeState(store=node.store, segmenter=node.segmenter, scp=node.scp,
                                data_dir=settings.data_dir, min_free_mb=settings.min_free_mb,
                                version=__version__))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+    server = _HttpServer(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                                            log_config=None, access_log=False))
     log.info("HTTP on http://%s:%d", settings.http_host, settings.http_port)
     try:
