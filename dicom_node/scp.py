@@ -16,15 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGLossless,
     JPEGLosslessSV1,
@@ -33,6 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     BreastTomosynthesisImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
@@ -165,9 +166,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
         ]
         ae = self._make_ae()
-        self._server = ae.start_server(
-            (cfg.host, cfg.port), block=False, evt_handlers=handlers
-        )
+        self._server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
         log.info("storage SCP %s listening on %s:%d", cfg.ae_title, cfg.host, cfg.port)
 
     def stop(self) -> None:
@@ -192,7 +191,7 @@ class StorageSCP:
 
     def _store(self, event: evt.Event, assoc_id: str) -> Status:
         cfg = self.config
-        req = event.request
+        req = cast(C_STORE, event.request)
         try:
             sop_instance_uid = checked_uid(req.AffectedSOPInstanceUID, what="SOP Instance UID")
         except InvalidUIDError as exc:
@@ -202,20 +201,25 @@ class StorageSCP:
             encoded = event.encoded_dataset(include_meta=True)
             ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
         except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
-            log.warning("refused %s on %s: cannot parse dataset (%s)", sop_instance_uid, assoc_id,
-                        type(exc).__name__)
+            log.warning(
+                "refused %s on %s: cannot parse dataset (%s)",
+                sop_instance_uid,
+                assoc_id,
+                type(exc).__name__,
+            )
             return Status.CANNOT_UNDERSTAND
-        if ds.get("SOPClassUID") != req.AffectedSOPClassUID or ds.get(
-            "SOPInstanceUID"
-        ) != sop_instance_uid:
-            log.warning("refused %s on %s: dataset UIDs differ from the request",
-                        sop_instance_uid, assoc_id)
+        if (
+            ds.get("SOPClassUID") != req.AffectedSOPClassUID
+            or ds.get("SOPInstanceUID") != sop_instance_uid
+        ):
+            log.warning(
+                "refused %s on %s: dataset UIDs differ from the request", sop_instance_uid, assoc_id
+            )
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         study_uid = ds.get("StudyInstanceUID", "")
         series_uid = ds.get("SeriesInstanceUID", "")
         if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
-            log.error("refused %s on %s: free disk below the watermark", sop_instance_uid,
-                      assoc_id)
+            log.error("refused %s on %s: free disk below the watermark", sop_instance_uid, assoc_id)
             return Status.OUT_OF_RESOURCES
         path = instance_path(cfg.spool_dir, sop_instance_uid)
         write_atomically(path, lambda fh: fh.write(encoded))
@@ -239,8 +243,12 @@ class StorageSCP:
 
     def _on_accepted(self, event: evt.Event) -> None:
         req = event.assoc.requestor
-        log.info("association %s accepted from %s at %s", _assoc_id(event.assoc), req.ae_title,
-                 req.address)
+        log.info(
+            "association %s accepted from %s at %s",
+            _assoc_id(event.assoc),
+            req.ae_title,
+            req.address,
+        )
         if self.events.on_accepted:
             self.events.on_accepted(_assoc_id(event.assoc), str(req.ae_title), str(req.address))
 

@@ -48,24 +48,31 @@ class Destination:
         return self.name
 
 
-def _association(destination: Destination, calling_ae: str, contexts: set[tuple[str, str]],
-                 timeout_s: float):  # type: ignore[no-untyped-def]
+def _association(
+    destination: Destination, calling_ae: str, contexts: set[tuple[str, str]], timeout_s: float
+):  # type: ignore[no-untyped-def]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
     for sop_class, syntax in sorted(contexts):
-        ae.add_requested_context(sop_class, [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-                                 if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-                                 else [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(
+            sop_class,
+            [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+            else [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        )
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        raise SendError(f"association with {destination} was not established "
-                        f"({'rejected' if assoc.is_rejected else 'no answer'})")
+        raise SendError(
+            f"association with {destination} was not established "
+            f"({'rejected' if assoc.is_rejected else 'no answer'})"
+        )
     return assoc
 
 
-def send_files(destination: Destination, paths: Sequence[Path], *, calling_ae: str,
-               timeout_s: float = 30.0) -> None:
+def send_files(
+    destination: Destination, paths: Sequence[Path], *, calling_ae: str, timeout_s: float = 30.0
+) -> None:
     """Send every file over one association; raise :class:`SendError` unless all are stored.
 
     A warning status counts as stored (PS3.7 C.1.2). The files are sent as
@@ -79,9 +86,12 @@ def send_files(destination: Destination, paths: Sequence[Path], *, calling_ae: s
             status = assoc.send_c_store(ds)
             code = int(getattr(status, "Status", -1)) if status else -1
             if not Status.is_acknowledged(code):
-                raise SendError(f"{destination} answered C-STORE of {ds.SOPInstanceUID} with "
-                                f"status 0x{code:04X}" if code >= 0 else
-                                f"{destination} gave no answer to C-STORE of {ds.SOPInstanceUID}")
+                raise SendError(
+                    f"{destination} answered C-STORE of {ds.SOPInstanceUID} with "
+                    f"status 0x{code:04X}"
+                    if code >= 0
+                    else f"{destination} gave no answer to C-STORE of {ds.SOPInstanceUID}"
+                )
             log.info("sent %s to %s", ds.SOPInstanceUID, destination)
     finally:
         if assoc.is_established:
@@ -90,8 +100,9 @@ def send_files(destination: Destination, paths: Sequence[Path], *, calling_ae: s
 
 def echo(destination: Destination, *, calling_ae: str, timeout_s: float = 10.0) -> Status:
     """C-ECHO a destination (PS3.7 9.1.5); raises :class:`SendError` if unreachable."""
-    assoc = _association(destination, calling_ae, {(Verification, ImplicitVRLittleEndian)},
-                         timeout_s)
+    assoc = _association(
+        destination, calling_ae, {(Verification, ImplicitVRLittleEndian)}, timeout_s
+    )
     try:
         status = assoc.send_c_echo()
         code = int(getattr(status, "Status", -1)) if status else -1

@@ -16,7 +16,7 @@ def instance_path(folder: Path, sop_instance_uid: str, suffix: str = ".dcm") -> 
     return folder / f"{checked_uid(sop_instance_uid, what='SOP Instance UID')}{suffix}"
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write through ``write`` to a temp file in the same folder, fsync, then rename.
 
     A reader never sees a half-written file under ``path``: it is either absent

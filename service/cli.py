@@ -15,16 +15,28 @@ TRAIN_COMMANDS = ("train", "evaluate", "export", "make-dataset")
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the DICOM node, the workers and the HTTP server")
     p.add_argument("--config", type=Path, help="TOML config file (also MAMMOSEG_CONFIG)")
-    p.add_argument("--data-dir", type=Path, help="spool, outbox and job store (default ./mammoseg-data)")
+    p.add_argument(
+        "--data-dir", type=Path, help="spool, outbox and job store (default ./mammoseg-data)"
+    )
     p.add_argument("--ae-title", help="this node's AE title (default MAMMOSEG)")
     p.add_argument("--dicom-host", help="address the SCP binds (default 127.0.0.1)")
     p.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     p.add_argument("--http-host", help="address the HTTP server binds (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
-    p.add_argument("--destination", action="append", dest="destinations", metavar="AET@HOST:PORT",
-                   help="where results go (repeatable)")
-    p.add_argument("--allowed-caller", action="append", dest="allowed_callers", metavar="AET",
-                   help="calling AE title allowed to associate (repeatable; none: any)")
+    p.add_argument(
+        "--destination",
+        action="append",
+        dest="destinations",
+        metavar="AET@HOST:PORT",
+        help="where results go (repeatable)",
+    )
+    p.add_argument(
+        "--allowed-caller",
+        action="append",
+        dest="allowed_callers",
+        metavar="AET",
+        help="calling AE title allowed to associate (repeatable; none: any)",
+    )
     p.add_argument("--model-path", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--workers", type=int, help="worker threads (default 1)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -39,10 +51,22 @@ def serve(args: argparse.Namespace) -> int:
     from service.settings import SettingsError, load_settings
     from service.store import StoreError
 
-    config = args.config or (Path(os.environ["MAMMOSEG_CONFIG"])
-                             if os.environ.get("MAMMOSEG_CONFIG") else None)
-    keys = ("data_dir", "ae_title", "dicom_host", "dicom_port", "http_host", "http_port",
-            "destinations", "allowed_callers", "model_path", "workers", "log_level")
+    config = args.config or (
+        Path(os.environ["MAMMOSEG_CONFIG"]) if os.environ.get("MAMMOSEG_CONFIG") else None
+    )
+    keys = (
+        "data_dir",
+        "ae_title",
+        "dicom_host",
+        "dicom_port",
+        "http_host",
+        "http_port",
+        "destinations",
+        "allowed_callers",
+        "model_path",
+        "workers",
+        "log_level",
+    )
     try:
         settings = load_settings(config, **{k: getattr(args, k) for k in keys})
     except SettingsError as exc:
@@ -67,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from model_export.cli import main as train_main
         except ImportError as exc:
-            print(f"mammoseg {argv[0]}: needs the train extra: pip install 'mammoseg[train]' "
-                  f"({exc})", file=sys.stderr)
+            print(
+                f"mammoseg {argv[0]}: needs the train extra: pip install 'mammoseg[train]' ({exc})",
+                file=sys.stderr,
+            )
             return 2
         return int(train_main(argv))
     parser = argparse.ArgumentParser(prog="mammoseg", description=__doc__)

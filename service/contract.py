@@ -34,7 +34,7 @@ class ModelContract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     model_name: str = Field(min_length=1, max_length=64)
     model_version: str = Field(min_length=1, max_length=16)
     input_name: str = Field(min_length=1)
@@ -48,7 +48,7 @@ class ModelContract(BaseModel):
     )
     crop_to_breast: bool = Field(
         default=False,
-        description="Crop to the breast's bounding box before resizing (training and serving agree)",
+        description="Crop to the breast's bounding box before resizing (train and serve agree)",
     )
     output_name: str = Field(min_length=1)
     output_kind: Literal["sigmoid_probability"] = "sigmoid_probability"

@@ -38,8 +38,9 @@ class Prediction:
 class Segmenter:
     """A loaded model whose contract has been checked; thread-safe ``predict``."""
 
-    def __init__(self, session: ort.InferenceSession, contract: ModelContract, path: Path,
-                 sha256: str) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, contract: ModelContract, path: Path, sha256: str
+    ) -> None:
         self.session = session
         self.contract = contract
         self.path = path
@@ -52,14 +53,19 @@ class Segmenter:
         start = time.perf_counter()
         tensor, box = to_model_input(image, self.contract)
         mid = time.perf_counter()
-        (output,) = self.session.run([self.contract.output_name],
-                                     {self.contract.input_name: tensor})
+        (output,) = self.session.run(
+            [self.contract.output_name], {self.contract.input_name: tensor}
+        )
         inferred = time.perf_counter()
-        prob = to_source_probability(output_to_probability(output, self.contract), box,
-                                     (image.shape[0], image.shape[1]))
+        prob = to_source_probability(
+            output_to_probability(output, self.contract), box, (image.shape[0], image.shape[1])
+        )
         end = time.perf_counter()
-        return Prediction(probability=prob, seconds_preprocess=(mid - start) + (end - inferred),
-                          seconds_infer=inferred - mid)
+        return Prediction(
+            probability=prob,
+            seconds_preprocess=(mid - start) + (end - inferred),
+            seconds_infer=inferred - mid,
+        )
 
 
 def read_contract(path: Path) -> ModelContract:
@@ -71,8 +77,10 @@ def read_contract(path: Path) -> ModelContract:
 def _contract_of(session: ort.InferenceSession, path: Path) -> ModelContract:
     meta = session.get_modelmeta().custom_metadata_map
     if CONTRACT_KEY not in meta:
-        raise ContractError(f"model {path} has no '{CONTRACT_KEY}' metadata: export it with "
-                            "'mammoseg export' so the service knows how to feed it")
+        raise ContractError(
+            f"model {path} has no '{CONTRACT_KEY}' metadata: export it with "
+            "'mammoseg export' so the service knows how to feed it"
+        )
     return ModelContract.from_json(meta[CONTRACT_KEY])
 
 
@@ -80,11 +88,15 @@ def _check_signature(session: ort.InferenceSession, contract: ModelContract, pat
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if contract.input_name not in inputs:
-        raise ContractError(f"model {path}: contract input '{contract.input_name}' not among "
-                            f"the graph inputs {sorted(inputs)}")
+        raise ContractError(
+            f"model {path}: contract input '{contract.input_name}' not among "
+            f"the graph inputs {sorted(inputs)}"
+        )
     if contract.output_name not in outputs:
-        raise ContractError(f"model {path}: contract output '{contract.output_name}' not among "
-                            f"the graph outputs {sorted(outputs)}")
+        raise ContractError(
+            f"model {path}: contract output '{contract.output_name}' not among "
+            f"the graph outputs {sorted(outputs)}"
+        )
     node = inputs[contract.input_name]
     if node.type != "tensor(float)":
         raise ContractError(f"model {path}: input '{node.name}' is {node.type}, expected float")
@@ -96,8 +108,10 @@ def _check_signature(session: ort.InferenceSession, contract: ModelContract, pat
     if len(shape) != 4 or any(
         isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], expected, strict=True)
     ):
-        raise ContractError(f"model {path}: input shape {shape} does not match the contract "
-                            f"({contract.input_layout} {expected})")
+        raise ContractError(
+            f"model {path}: input shape {shape} does not match the contract "
+            f"({contract.input_layout} {expected})"
+        )
 
 
 def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
@@ -109,8 +123,9 @@ def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
     if threads:
         options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ContractError(f"model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
     contract = _contract_of(session, path)
@@ -124,6 +139,7 @@ def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
     except ValueError as exc:
         raise ContractError(f"model {path}: {exc}") from exc
     sha = file_sha256(path)
-    log.info("model %s %s loaded (sha256 %s)", contract.model_name, contract.model_version,
-             sha[:12])
+    log.info(
+        "model %s %s loaded (sha256 %s)", contract.model_name, contract.model_version, sha[:12]
+    )
     return Segmenter(session, contract, path, sha)

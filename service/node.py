@@ -35,15 +35,25 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
     """The SCP's sink: commit a job for every instance on disk."""
 
     def commit(instance: ReceivedInstance) -> None:
-        job_id, created = store.add(NewJob(
-            sop_instance_uid=instance.sop_instance_uid, sop_class_uid=instance.sop_class_uid,
-            study_instance_uid=instance.study_instance_uid,
-            series_instance_uid=instance.series_instance_uid,
-            transfer_syntax_uid=instance.transfer_syntax_uid,
-            calling_ae_title=instance.calling_ae_title,
-            association_id=instance.association_id, path=str(instance.path)))
-        log.info("job %d %s for %s on %s", job_id, "created" if created else "already open",
-                 instance.sop_instance_uid, instance.association_id)
+        job_id, created = store.add(
+            NewJob(
+                sop_instance_uid=instance.sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                study_instance_uid=instance.study_instance_uid,
+                series_instance_uid=instance.series_instance_uid,
+                transfer_syntax_uid=instance.transfer_syntax_uid,
+                calling_ae_title=instance.calling_ae_title,
+                association_id=instance.association_id,
+                path=str(instance.path),
+            )
+        )
+        log.info(
+            "job %d %s for %s on %s",
+            job_id,
+            "created" if created else "already open",
+            instance.sop_instance_uid,
+            instance.association_id,
+        )
 
     return commit
 
@@ -51,10 +61,13 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
 def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOptions:
     contract = segmenter.contract
     return PipelineOptions(
-        provenance=Provenance(model_name=contract.model_name,
-                              model_version=contract.model_version,
-                              software_version=__version__, uid_root=settings.uid_root,
-                              institution_name=settings.institution_name),
+        provenance=Provenance(
+            model_name=contract.model_name,
+            model_version=contract.model_version,
+            software_version=__version__,
+            uid_root=settings.uid_root,
+            institution_name=settings.institution_name,
+        ),
         outbox_dir=settings.outbox_dir,
         seg_series_number=settings.seg_series_number,
         sc_series_number=settings.sc_series_number,
@@ -90,25 +103,43 @@ def start_node(settings: Settings) -> Node:
     store = JobStore(settings.database_path)
     recovered = store.recover()
     removed = remove_partial_files(settings.spool_dir)
-    log.info("store ready: %d jobs back to RECEIVED, %d to RETRYING, %d partial files removed",
-             recovered["processing"], recovered["sending"], removed)
+    log.info(
+        "store ready: %d jobs back to RECEIVED, %d to RETRYING, %d partial files removed",
+        recovered["processing"],
+        recovered["sending"],
+        removed,
+    )
     segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
     ctx = WorkerContext(
-        store=store, segmenter=segmenter, options=pipeline_options(settings, segmenter),
-        destinations=settings.destination_list, calling_ae=settings.ae_title,
+        store=store,
+        segmenter=segmenter,
+        options=pipeline_options(settings, segmenter),
+        destinations=settings.destination_list,
+        calling_ae=settings.ae_title,
         send_timeout_s=settings.send_timeout_s,
-        retry=RetryPolicy(initial_s=settings.retry_initial_s, max_s=settings.retry_max_s,
-                          give_up_s=settings.retry_give_up_s),
-        poll_interval_s=settings.poll_interval_s)
+        retry=RetryPolicy(
+            initial_s=settings.retry_initial_s,
+            max_s=settings.retry_max_s,
+            give_up_s=settings.retry_give_up_s,
+        ),
+        poll_interval_s=settings.poll_interval_s,
+    )
     stop_event = threading.Event()
     workers = [Worker(ctx, stop_event, name=f"worker-{i}") for i in range(settings.workers)]
     for worker in workers:
         worker.start()
-    scp = StorageSCP(ScpConfig(
-        ae_title=settings.ae_title, host=settings.dicom_host, port=settings.dicom_port,
-        spool_dir=settings.spool_dir, allowed_callers=settings.allowed_callers,
-        max_associations=settings.max_associations,
-        min_free_bytes=settings.min_free_mb << 20), job_sink(store))
+    scp = StorageSCP(
+        ScpConfig(
+            ae_title=settings.ae_title,
+            host=settings.dicom_host,
+            port=settings.dicom_port,
+            spool_dir=settings.spool_dir,
+            allowed_callers=settings.allowed_callers,
+            max_associations=settings.max_associations,
+            min_free_bytes=settings.min_free_mb << 20,
+        ),
+        job_sink(store),
+    )
     try:
         scp.start()
     except OSError:
@@ -127,8 +158,9 @@ class _HttpServer(uvicorn.Server):
             log.info("signal %d received: stopping", signum)
             self.should_exit = True
 
-        previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT,
-                                                                       signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             yield
         finally:
@@ -138,11 +170,21 @@ class _HttpServer(uvicorn.Server):
 
 def run_node(settings: Settings) -> None:
     node = start_node(settings)
-    app = create_app(NodeState(store=node.store, segmenter=node.segmenter, scp=node.scp,
-                               data_dir=settings.data_dir, min_free_mb=settings.min_free_mb,
-                               version=__version__))
-    server = _HttpServer(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                           log_config=None, access_log=False))
+    app = create_app(
+        NodeState(
+            store=node.store,
+            segmenter=node.segmenter,
+            scp=node.scp,
+            data_dir=settings.data_dir,
+            min_free_mb=settings.min_free_mb,
+            version=__version__,
+        )
+    )
+    server = _HttpServer(
+        uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+        )
+    )
     log.info("HTTP on http://%s:%d", settings.http_host, settings.http_port)
     try:
         server.run()

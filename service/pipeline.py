@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +78,17 @@ def check_policy(ds: Dataset, options: PipelineOptions) -> None:
     if sop_class == DigitalMammographyXRayImageStorageForProcessing:
         if options.process_for_processing:
             return
-        raise JobSkipped("FOR PROCESSING image (raw detector data): only FOR PRESENTATION "
-                         "images are segmented unless process_for_processing is set")
+        raise JobSkipped(
+            "FOR PROCESSING image (raw detector data): only FOR PRESENTATION "
+            "images are segmented unless process_for_processing is set"
+        )
     if sop_class == SecondaryCaptureImageStorage:
         if modality == "MG":
             return
-        raise JobSkipped(f"Secondary Capture with Modality '{modality or 'none'}' is not a "
-                         "digitised mammogram (Modality MG)")
+        raise JobSkipped(
+            f"Secondary Capture with Modality '{modality or 'none'}' is not a "
+            "digitised mammogram (Modality MG)"
+        )
     raise JobSkipped(f"SOP class {sop_class} (Modality '{modality or 'none'}') is not segmented")
 
 
@@ -93,8 +98,9 @@ def minimum_area_px(ds: Dataset, options: PipelineOptions) -> int:
     return int(np.ceil(options.min_lesion_area_mm2 / area))
 
 
-def process_instance(path: Path, job_id: int, segmenter: Segmenter,
-                     options: PipelineOptions) -> Results:
+def process_instance(
+    path: Path, job_id: int, segmenter: Segmenter, options: PipelineOptions
+) -> Results:
     """Read, check, segment and write the SEG and SC of one instance to the outbox."""
     from dicom_node.pixels import PixelDataError, display_image
 
@@ -112,17 +118,23 @@ def process_instance(path: Path, job_id: int, segmenter: Segmenter,
     timings["preprocess_s"] = prediction.seconds_preprocess
     timings["infer_s"] = prediction.seconds_infer
     mark = time.perf_counter()
-    mask = threshold_mask(prediction.probability, options.threshold,
-                          min_area_px=minimum_area_px(ds, options))
+    mask = threshold_mask(
+        prediction.probability, options.threshold, min_area_px=minimum_area_px(ds, options)
+    )
     if display.padding is not None:
         mask &= ~display.padding
 
-    seg = build_segmentation(source=ds, mask=mask, provenance=options.provenance,
-                             series_number=options.seg_series_number)
-    sc = build_overlay_capture(source=ds, image=display.pixels, mask=mask,
-                               provenance=options.provenance,
-                               series_number=options.sc_series_number,
-                               max_size=options.sc_max_size)
+    seg = build_segmentation(
+        source=ds, mask=mask, provenance=options.provenance, series_number=options.seg_series_number
+    )
+    sc = build_overlay_capture(
+        source=ds,
+        image=display.pixels,
+        mask=mask,
+        provenance=options.provenance,
+        series_number=options.sc_series_number,
+        max_size=options.sc_max_size,
+    )
     folder = options.outbox_dir / str(job_id)
     if folder.exists():  # left by a crash before the job reached SENDING
         shutil.rmtree(folder)
@@ -132,10 +144,8 @@ def process_instance(path: Path, job_id: int, segmenter: Segmenter,
         if result is None:
             continue
         target = folder / f"{kind}.dcm"
-        write_atomically(target, lambda fh, result=result: result.save_as(fh,
-                                                                         enforce_file_format=True))
+        write_atomically(target, partial(result.save_as, enforce_file_format=True))
         files.append(target)
         uids[kind] = str(result.SOPInstanceUID)
     timings["postprocess_build_s"] = time.perf_counter() - mark
     return Results(files=files, uids=uids, lesion_pixels=int(mask.sum()), timings=timings)
-

@@ -102,8 +102,10 @@ def output_to_probability(output: np.ndarray, contract: ModelContract) -> np.nda
         else:
             prob = prob[..., 0]
     if prob.shape != (contract.input_height, contract.input_width):
-        raise ValueError(f"model output has shape {output.shape}, contract says "
-                         f"{contract.input_height}x{contract.input_width}")
+        raise ValueError(
+            f"model output has shape {output.shape}, contract says "
+            f"{contract.input_height}x{contract.input_width}"
+        )
     return prob
 
 

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         env_prefix="MAMMOSEG_", extra="forbid", frozen=True, validate_default=True
     )
 
-    data_dir: Path = Field(default=Path("mammoseg-data"), description="Spool, outbox and SQLite store")
+    data_dir: Path = Field(
+        default=Path("mammoseg-data"), description="Spool, outbox and SQLite store"
+    )
     ae_title: str = Field(default="MAMMOSEG", min_length=1, max_length=16)
     dicom_host: str = "127.0.0.1"
     dicom_port: int = Field(default=11112, ge=1, le=65535)
@@ -62,14 +64,18 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=16)
     inference_threads: int = Field(default=0, ge=0, le=64, description="0: ONNX Runtime decides")
     min_lesion_area_mm2: float = Field(default=10.0, ge=0.0)
-    threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides the model's")
+    threshold: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Overrides the model's"
+    )
     uid_root: str = DEFAULT_UID_ROOT
     seg_series_number: int = Field(default=9901, ge=1)
     sc_series_number: int = Field(default=9902, ge=1)
     sc_max_size: int = Field(default=2048, ge=256, le=8192)
     institution_name: str | None = None
     max_associations: int = Field(default=10, ge=1, le=200)
-    min_free_mb: int = Field(default=200, ge=0, description="Below this free disk, refuse with 0xA700")
+    min_free_mb: int = Field(
+        default=200, ge=0, description="Below this free disk, refuse with 0xA700"
+    )
     process_for_processing: bool = Field(default=False, description="Segment FOR PROCESSING images")
     send_timeout_s: float = Field(default=30.0, gt=0)
     retry_initial_s: float = Field(default=5.0, gt=0)
@@ -96,7 +102,9 @@ class Settings(BaseSettings):
     @classmethod
     def _uid_root(cls, value: str) -> str:
         if not is_valid_uid_root(value):
-            raise ValueError(f"UID root {value!r} must be a valid UID ending in '.', at most 40 chars")
+            raise ValueError(
+                f"UID root {value!r} must be a valid UID ending in '.', at most 40 chars"
+            )
         return value
 
     @property
@@ -129,12 +137,21 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     class _FromFile(Settings):
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,  # type: ignore[no-untyped-def, override]
-                                       dotenv_settings, file_secret_settings):
+        def settings_customise_sources(
+            cls,
+            settings_cls,
+            init_settings,
+            env_settings,  # type: ignore[no-untyped-def, override]
+            dotenv_settings,
+            file_secret_settings,
+        ):
             from pydantic_settings import InitSettingsSource
 
-            return (init_settings, env_settings,
-                    InitSettingsSource(settings_cls, init_kwargs=file_values))
+            return (
+                init_settings,
+                env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=file_values),
+            )
 
     try:
         built = _FromFile(**explicit)

@@ -167,15 +167,26 @@ class JobStore:
                 "INSERT INTO jobs (sop_instance_uid, sop_class_uid, study_instance_uid, "
                 "series_instance_uid, transfer_syntax_uid, calling_ae_title, association_id, "
                 "path, state, created_at, updated_at, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (new.sop_instance_uid, new.sop_class_uid, new.study_instance_uid,
-                 new.series_instance_uid, new.transfer_syntax_uid, new.calling_ae_title,
-                 new.association_id, new.path, JobState.RECEIVED.value, now, now,
-                 json.dumps({"received_at": now})),
+                (
+                    new.sop_instance_uid,
+                    new.sop_class_uid,
+                    new.study_instance_uid,
+                    new.series_instance_uid,
+                    new.transfer_syntax_uid,
+                    new.calling_ae_title,
+                    new.association_id,
+                    new.path,
+                    JobState.RECEIVED.value,
+                    now,
+                    now,
+                    json.dumps({"received_at": now}),
+                ),
             )
             return int(cur.lastrowid or 0), True
 
-    def claim(self, states: Sequence[JobState], to: JobState, *,
-              now: float | None = None) -> Job | None:
+    def claim(
+        self, states: Sequence[JobState], to: JobState, *, now: float | None = None
+    ) -> Job | None:
         """Atomically take the oldest due job in one of ``states`` and move it to ``to``."""
         now = time.time() if now is None else now
         marks = ",".join("?" * len(states))
@@ -187,25 +198,40 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
-                         (to.value, now, row["id"]))
+            conn.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (to.value, now, row["id"])
+            )
         return self.get(int(row["id"]))
 
-    def update(self, job_id: int, *, state: JobState | None = None, reason: str | None = None,
-               timings: dict[str, float] | None = None, results: dict[str, Any] | None = None,
-               delivered: list[str] | None = None, attempts: int | None = None,
-               next_attempt_at: float | None = None, clear_next_attempt: bool = False,
-               first_send_failure_at: float | None = None, clear_send_failure: bool = False,
-               now: float | None = None) -> None:
+    def update(
+        self,
+        job_id: int,
+        *,
+        state: JobState | None = None,
+        reason: str | None = None,
+        timings: dict[str, float] | None = None,
+        results: dict[str, Any] | None = None,
+        delivered: list[str] | None = None,
+        attempts: int | None = None,
+        next_attempt_at: float | None = None,
+        clear_next_attempt: bool = False,
+        first_send_failure_at: float | None = None,
+        clear_send_failure: bool = False,
+        now: float | None = None,
+    ) -> None:
         """Change some columns of one job in one transaction; timings are merged."""
         now = time.time() if now is None else now
         sets: list[str] = ["updated_at = ?"]
         values: list[Any] = [now]
-        for column, value in (("state", state.value if state else None), ("reason", reason),
-                              ("results", None if results is None else json.dumps(results)),
-                              ("delivered", None if delivered is None else json.dumps(delivered)),
-                              ("attempts", attempts), ("next_attempt_at", next_attempt_at),
-                              ("first_send_failure_at", first_send_failure_at)):
+        for column, value in (
+            ("state", state.value if state else None),
+            ("reason", reason),
+            ("results", None if results is None else json.dumps(results)),
+            ("delivered", None if delivered is None else json.dumps(delivered)),
+            ("attempts", attempts),
+            ("next_attempt_at", next_attempt_at),
+            ("first_send_failure_at", first_send_failure_at),
+        ):
             if value is not None:
                 sets.append(f"{column} = ?")
                 values.append(value)
@@ -227,10 +253,12 @@ class JobStore:
         with self._transaction() as conn:
             processing = conn.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
-                (JobState.RECEIVED.value, now, JobState.PROCESSING.value)).rowcount
+                (JobState.RECEIVED.value, now, JobState.PROCESSING.value),
+            ).rowcount
             sending = conn.execute(
                 "UPDATE jobs SET state = ?, next_attempt_at = ?, updated_at = ? WHERE state = ?",
-                (JobState.RETRYING.value, now, now, JobState.SENDING.value)).rowcount
+                (JobState.RETRYING.value, now, now, JobState.SENDING.value),
+            ).rowcount
         return {"processing": processing, "sending": sending}
 
     # -- reads ------------------------------------------------------------
@@ -249,8 +277,11 @@ class JobStore:
         return [_row_to_job(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self._connection().execute(
-            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        rows = (
+            self._connection()
+            .execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetchall()
+        )
         found = {row["state"]: int(row["n"]) for row in rows}
         return {state.value: found.get(state.value, 0) for state in JobState}
 

@@ -57,16 +57,28 @@ def run_job(ctx: WorkerContext, job: Job) -> None:
         return
     except Exception as exc:  # boundary: one bad image never stops the worker
         log.exception("job %d FAILED unexpectedly (%s)", job.id, job.sop_instance_uid)
-        ctx.store.update(job.id, state=JobState.FAILED,
-                         reason=f"internal error while processing: {type(exc).__name__}: {exc}")
+        ctx.store.update(
+            job.id,
+            state=JobState.FAILED,
+            reason=f"internal error while processing: {type(exc).__name__}: {exc}",
+        )
         return
     ctx.store.update(
-        job.id, state=JobState.SENDING, timings=results.timings,
-        results={"uids": results.uids, "files": [str(p) for p in results.files],
-                 "lesion_pixels": results.lesion_pixels},
+        job.id,
+        state=JobState.SENDING,
+        timings=results.timings,
+        results={
+            "uids": results.uids,
+            "files": [str(p) for p in results.files],
+            "lesion_pixels": results.lesion_pixels,
+        },
     )
-    log.info("job %d processed (%s): %d lesion pixels", job.id, job.sop_instance_uid,
-             results.lesion_pixels)
+    log.info(
+        "job %d processed (%s): %d lesion pixels",
+        job.id,
+        job.sop_instance_uid,
+        results.lesion_pixels,
+    )
     job = ctx.store.get(job.id) or job
     deliver(ctx, job)
 
@@ -76,8 +88,11 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
     files = [Path(p) for p in job.results.get("files", [])]
     missing = [p for p in files if not p.is_file()]
     if missing:
-        ctx.store.update(job.id, state=JobState.FAILED,
-                         reason=f"result files missing from the outbox: {len(missing)}")
+        ctx.store.update(
+            job.id,
+            state=JobState.FAILED,
+            reason=f"result files missing from the outbox: {len(missing)}",
+        )
         return
     delivered = list(job.delivered)
     start = time.perf_counter()
@@ -86,8 +101,7 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
         if destination.name in delivered:
             continue
         try:
-            send_files(destination, files, calling_ae=ctx.calling_ae,
-                       timeout_s=ctx.send_timeout_s)
+            send_files(destination, files, calling_ae=ctx.calling_ae, timeout_s=ctx.send_timeout_s)
         except (SendError, OSError, RuntimeError) as exc:
             errors.append(f"{destination}: {exc}")
             continue
@@ -95,24 +109,41 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
         ctx.store.update(job.id, delivered=delivered)
     now = time.time()
     if not errors:
-        ctx.store.update(job.id, state=JobState.DONE, reason="", clear_next_attempt=True,
-                         timings={"send_s": time.perf_counter() - start, "done_at": now})
-        log.info("job %d DONE (%s) sent to %d destinations", job.id, job.sop_instance_uid,
-                 len(delivered))
+        ctx.store.update(
+            job.id,
+            state=JobState.DONE,
+            reason="",
+            clear_next_attempt=True,
+            timings={"send_s": time.perf_counter() - start, "done_at": now},
+        )
+        log.info(
+            "job %d DONE (%s) sent to %d destinations", job.id, job.sop_instance_uid, len(delivered)
+        )
         return
     attempts = job.attempts + 1
     first_failure = job.first_send_failure_at or now
     reason = "; ".join(errors)
     if now - first_failure >= ctx.retry.give_up_s:
-        ctx.store.update(job.id, state=JobState.FAILED, attempts=attempts,
-                         reason=f"gave up sending after {attempts} attempts: {reason}")
+        ctx.store.update(
+            job.id,
+            state=JobState.FAILED,
+            attempts=attempts,
+            reason=f"gave up sending after {attempts} attempts: {reason}",
+        )
         log.warning("job %d FAILED: gave up sending after %d attempts", job.id, attempts)
         return
     next_at = now + ctx.retry.delay(attempts)
-    ctx.store.update(job.id, state=JobState.RETRYING, attempts=attempts, reason=reason,
-                     next_attempt_at=next_at, first_send_failure_at=first_failure)
-    log.warning("job %d RETRYING in %.1f s (attempt %d): %s", job.id, next_at - now, attempts,
-                reason)
+    ctx.store.update(
+        job.id,
+        state=JobState.RETRYING,
+        attempts=attempts,
+        reason=reason,
+        next_attempt_at=next_at,
+        first_send_failure_at=first_failure,
+    )
+    log.warning(
+        "job %d RETRYING in %.1f s (attempt %d): %s", job.id, next_at - now, attempts, reason
+    )
 
 
 class Worker(threading.Thread):

@@ -28,8 +28,13 @@ TINY_CONTRACT = ModelContract(
 )
 
 
-def write_tiny_model(path: Path, *, level: float = 0.8, contract: ModelContract = TINY_CONTRACT,
-                     with_contract: bool = True) -> Path:
+def write_tiny_model(
+    path: Path,
+    *,
+    level: float = 0.8,
+    contract: ModelContract = TINY_CONTRACT,
+    with_contract: bool = True,
+) -> Path:
     h, w = contract.input_height, contract.input_width
     kernel = np.full((1, 1, 9, 9), 1.0 / 81.0, dtype=np.float32)
     nodes = [
@@ -50,7 +55,8 @@ def write_tiny_model(path: Path, *, level: float = 0.8, contract: ModelContract 
         numpy_helper.from_array(np.array(40.0, dtype=np.float32), "gain"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info(contract.input_name, TensorProto.FLOAT, ["N", h, w, 3])],
         [helper.make_tensor_value_info(contract.output_name, TensorProto.FLOAT, ["N", h, w, 1])],
         inits,

@@ -42,7 +42,9 @@ end
 def need(command: str, package: str) -> str:
     path = shutil.which(command)
     if path is None:
-        pytest.skip(f"{command} is not installed (Debian package {package}; scripts/test installs it as root)")
+        pytest.skip(
+            f"{command} is not installed (Debian package {package}; scripts/test installs it)"
+        )
     return path
 
 
@@ -89,19 +91,29 @@ class Orthanc:
             return json.loads(resp.read())
 
     def download(self, instance_id: str, target: Path) -> Path:
-        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file",  # noqa: S310
-                                    timeout=30) as resp:
+        with urllib.request.urlopen(
+            f"{self.url}/instances/{instance_id}/file",  # noqa: S310
+            timeout=30,
+        ) as resp:
             target.write_bytes(resp.read())
         return target
 
     def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
-        found = self.post("/tools/find", {"Level": "Instance", "Expand": True,
-                                          "Query": {"StudyInstanceUID": study_uid}})
+        found = self.post(
+            "/tools/find",
+            {"Level": "Instance", "Expand": True, "Query": {"StudyInstanceUID": study_uid}},
+        )
         return list(found)
 
 
 @contextmanager
-def orthanc(tmp: Path, *, node_aet: str, node_port: int, extra_modalities: dict[str, list[Any]] | None = None) -> Iterator[Orthanc]:
+def orthanc(
+    tmp: Path,
+    *,
+    node_aet: str,
+    node_port: int,
+    extra_modalities: dict[str, list[Any]] | None = None,
+) -> Iterator[Orthanc]:
     binary = need("Orthanc", "orthanc")
     tmp.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
@@ -130,8 +142,9 @@ def orthanc(tmp: Path, *, node_aet: str, node_port: int, extra_modalities: dict[
     config_path = tmp / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=1))
     log = (tmp / "orthanc.log").open("wb")
-    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=tmp)
+    proc = subprocess.Popen(
+        [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp
+    )
     pacs = Orthanc(http_port, dicom_port, "ORTHANC", proc)
 
     def up() -> bool:
@@ -172,18 +185,36 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_node(tmp: Path, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
-               dicom_port: int | None = None, http_port: int | None = None,
-               ready_timeout_s: float = 60) -> NodeProcess:
+def start_node(
+    tmp: Path,
+    *,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    dicom_port: int | None = None,
+    http_port: int | None = None,
+    ready_timeout_s: float = 60,
+) -> NodeProcess:
     """Start ``mammoseg serve`` as a process and wait until /readyz says yes."""
     tmp.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
     data_dir = tmp / "node-data"
     log_path = tmp / f"node-{int(time.time() * 1000)}.log"
-    command = [sys.executable, "-m", "service", "serve", "--data-dir", str(data_dir),
-               "--dicom-port", str(dicom_port), "--http-port", str(http_port),
-               "--ae-title", "MAMMOSEG", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--dicom-port",
+        str(dicom_port),
+        "--http-port",
+        str(http_port),
+        "--ae-title",
+        "MAMMOSEG",
+        *args,
+    ]
     full_env = {**os.environ, "MAMMOSEG_MIN_FREE_MB": "0", **(env or {})}
     log = log_path.open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
@@ -201,13 +232,23 @@ def start_node(tmp: Path, *, args: Sequence[str] = (), env: dict[str, str] | Non
     return node
 
 
-def storescu(port: int, files: Sequence[Path], *, called: str, calling: str = "STORESCU",
-             extra: Sequence[str] = ()) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called: str,
+    calling: str = "STORESCU",
+    extra: Sequence[str] = (),
+) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     binary = need("storescu", "dcmtk")
     # Compressed files go as they are only with -xv/-xw/-xr/-xt/-xs (pass them in extra).
-    return subprocess.run([binary, "-aet", calling, "-aec", called, *extra, "127.0.0.1",
-                           str(port), *map(str, files)], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [binary, "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @contextmanager
@@ -218,8 +259,11 @@ def storescp(tmp: Path, *, aet: str = "STORESCP") -> Iterator[tuple[int, Path]]:
     out = tmp / "storescp"
     out.mkdir(parents=True, exist_ok=True)
     log = (tmp / "storescp.log").open("wb")
-    proc = subprocess.Popen([binary, "-aet", aet, "-od", str(out), "+xa", "-uf", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, "-aet", aet, "-od", str(out), "+xa", "-uf", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         time.sleep(0.5)
         if proc.poll() is not None:

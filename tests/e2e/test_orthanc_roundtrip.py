@@ -69,10 +69,19 @@ def references_source(ds: pydicom.Dataset, source_uid: str) -> bool:
 def routed_node(tmp_path: Path):  # type: ignore[no-untyped-def]
     node_port = free_port()
     with orthanc(tmp_path / "orthanc", node_aet="MAMMOSEG", node_port=node_port) as pacs:
-        node = start_node(tmp_path / "node", dicom_port=node_port, args=[
-            "--destination", f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
-            "--allowed-caller", "ORTHANC", "--allowed-caller", "STORESCU",
-            *model_args(tmp_path)])
+        node = start_node(
+            tmp_path / "node",
+            dicom_port=node_port,
+            args=[
+                "--destination",
+                f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
+                "--allowed-caller",
+                "ORTHANC",
+                "--allowed-caller",
+                "STORESCU",
+                *model_args(tmp_path),
+            ],
+        )
         try:
             yield pacs, node
         finally:
@@ -80,16 +89,27 @@ def routed_node(tmp_path: Path):  # type: ignore[no-untyped-def]
             assert code == 0, node.log_text()[-3000:]
 
 
-def roundtrip(pacs, node, source_path: Path, tmp_path: Path, flags: list[str],  # type: ignore[no-untyped-def]
-              *, require_seg: bool = True):
+def roundtrip(
+    pacs,
+    node,
+    source_path: Path,
+    tmp_path: Path,
+    flags: list[str],  # type: ignore[no-untyped-def]
+    *,
+    require_seg: bool = True,
+):
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     sent = storescu(pacs.dicom_port, [source_path], called="ORTHANC", extra=flags)
     assert sent.returncode == 0, sent.stderr
     kinds = {"seg", "sc"} if require_seg else {"sc"}
     found = wait_until(
         lambda: (lambda r: r if kinds <= set(r) else None)(
-            results_in_study(pacs, source.StudyInstanceUID, source.SOPInstanceUID, tmp_path)),
-        timeout_s=240, what=f"{sorted(kinds)} in Orthanc's study", interval_s=1.0)
+            results_in_study(pacs, source.StudyInstanceUID, source.SOPInstanceUID, tmp_path)
+        ),
+        timeout_s=240,
+        what=f"{sorted(kinds)} in Orthanc's study",
+        interval_s=1.0,
+    )
     for kind in sorted(found):
         ds, path = found[kind]
         assert ds.StudyInstanceUID == source.StudyInstanceUID
@@ -105,14 +125,17 @@ def roundtrip(pacs, node, source_path: Path, tmp_path: Path, flags: list[str],  
 
 def test_full_size_synthetic_mammogram_roundtrip(routed_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pacs, node = routed_node
-    path = write(full_size(seed=11, masses=[Mass(row=2000, col=1100, radius=350)]),
-                 tmp_path / "full.dcm")
+    path = write(
+        full_size(seed=11, masses=[Mass(row=2000, col=1100, radius=350)]), tmp_path / "full.dcm"
+    )
     job = roundtrip(pacs, node, path, tmp_path, [])
     timings = job["timings"]
     total = timings["done_at"] - timings["received_at"]
-    print(f"\nfull-size 3328x4096 synthetic MG: node received -> results acknowledged "
-          f"{total:.2f} s; stages " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()
-                                               if k.endswith('_s')))
+    print(
+        f"\nfull-size 3328x4096 synthetic MG: node received -> results acknowledged "
+        f"{total:.2f} s; stages "
+        + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k.endswith("_s"))
+    )
 
 
 def test_real_cbis_ddsm_file_roundtrip(routed_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -127,8 +150,9 @@ def test_node_log_has_no_patient_data(routed_node, tmp_path: Path) -> None:  # t
     from tests.synthetic import synthetic_mammogram
 
     pacs, node = routed_node
-    source = synthetic_mammogram(seed=12, patient_name="Doe^Jane", patient_id="PID-778899",
-                                 birth_date="19491231")
+    source = synthetic_mammogram(
+        seed=12, patient_name="Doe^Jane", patient_id="PID-778899", birth_date="19491231"
+    )
     roundtrip(pacs, node, write(source, tmp_path / "phi.dcm"), tmp_path, [], require_seg=False)
     log = node.log_text()
     assert source.SOPInstanceUID in log  # the log does name the instance, by UID

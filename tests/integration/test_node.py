@@ -35,8 +35,9 @@ class Destination:
         ae = AE(ae_title="DEST")
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
+        )
 
     def on_store(self, event: evt.Event) -> int:
         with self.lock:
@@ -61,10 +62,17 @@ def destination() -> Iterator[Destination]:
 
 def make_node(tmp_path: Path, dest_port: int, **overrides: object) -> Node:
     settings = load_settings(
-        data_dir=tmp_path / "data", dicom_port=free_port(), http_port=0,
+        data_dir=tmp_path / "data",
+        dicom_port=free_port(),
+        http_port=0,
         model_path=write_tiny_model(tmp_path / "tiny.onnx", level=0.6),
-        destinations=[f"DEST@127.0.0.1:{dest_port}"], min_free_mb=0, poll_interval_s=0.05,
-        retry_initial_s=0.2, retry_max_s=0.5, **overrides)
+        destinations=[f"DEST@127.0.0.1:{dest_port}"],
+        min_free_mb=0,
+        poll_interval_s=0.05,
+        retry_initial_s=0.2,
+        retry_max_s=0.5,
+        **overrides,
+    )
     return start_node(settings)
 
 
@@ -83,7 +91,8 @@ def seg_matrix(seg: Dataset, source_uid: str) -> np.ndarray:
     import highdicom as hd
 
     pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
-        source_sop_instance_uids=[source_uid], segment_numbers=[1], combine_segments=True)
+        source_sop_instance_uids=[source_uid], segment_numbers=[1], combine_segments=True
+    )
     return np.asarray(pixels[0]).astype(bool)
 
 
@@ -97,15 +106,19 @@ def wait_for(predicate, timeout_s: float = 60.0):  # type: ignore[no-untyped-def
     raise AssertionError("timed out")
 
 
-def test_image_goes_through_and_results_reference_the_source(tmp_path: Path,
-                                                             destination: Destination) -> None:
+def test_image_goes_through_and_results_reference_the_source(
+    tmp_path: Path, destination: Destination
+) -> None:
     node = make_node(tmp_path, destination.port)
     try:
         mass = Mass(row=256, col=170, radius=40)
         source = synthetic_mammogram(masses=[mass], seed=3)
         assert send(node, source) == Status.SUCCESS
-        job = wait_for(lambda: next((j for j in node.store.list()
-                                     if j.state in (JobState.DONE, JobState.FAILED)), None))
+        job = wait_for(
+            lambda: next(
+                (j for j in node.store.list() if j.state in (JobState.DONE, JobState.FAILED)), None
+            )
+        )
         assert job.state is JobState.DONE, job.reason
         assert set(job.results["uids"]) == {"seg", "sc"}
         wait_for(lambda: len(destination.received) == 2)
@@ -132,8 +145,10 @@ def test_destination_down_then_up_is_retried(tmp_path: Path) -> None:
     node = make_node(tmp_path, dest.port)
     try:
         assert send(node, synthetic_mammogram(seed=4)) == Status.SUCCESS
-        job = wait_for(lambda: next((j for j in node.store.list() if j.state is JobState.DONE),
-                                    None), timeout_s=60)
+        job = wait_for(
+            lambda: next((j for j in node.store.list() if j.state is JobState.DONE), None),
+            timeout_s=60,
+        )
         assert job.attempts == 2
         assert len(dest.received) == len(job.results["files"]) >= 1
         assert {ds.SOPInstanceUID for ds in dest.received} == set(job.results["uids"].values())
@@ -145,8 +160,7 @@ def test_destination_down_then_up_is_retried(tmp_path: Path) -> None:
 def test_skipped_and_failed_get_reasons(tmp_path: Path, destination: Destination) -> None:
     node = make_node(tmp_path, destination.port)
     try:
-        processing = synthetic_mammogram(
-            seed=5, sop_class="1.2.840.10008.5.1.4.1.1.1.2.1")
+        processing = synthetic_mammogram(seed=5, sop_class="1.2.840.10008.5.1.4.1.1.1.2.1")
         ae = AE(ae_title="PACS")
         ae.add_requested_context(processing.SOPClassUID)
         ae.add_requested_context(DigitalMammographyXRayImageStorageForPresentation)
@@ -156,10 +170,15 @@ def test_skipped_and_failed_get_reasons(tmp_path: Path, destination: Destination
         broken.PixelData = broken.PixelData[:100]
         assert assoc.send_c_store(broken).Status == Status.SUCCESS
         assoc.release()
-        jobs = wait_for(lambda: [j for j in node.store.list()
-                                 if j.state in (JobState.SKIPPED, JobState.FAILED)]
-                        if len(node.store.list(state=JobState.SKIPPED))
-                        + len(node.store.list(state=JobState.FAILED)) == 2 else None)
+        jobs = wait_for(
+            lambda: (
+                [j for j in node.store.list() if j.state in (JobState.SKIPPED, JobState.FAILED)]
+                if len(node.store.list(state=JobState.SKIPPED))
+                + len(node.store.list(state=JobState.FAILED))
+                == 2
+                else None
+            )
+        )
         states = {j.state: j.reason for j in jobs}
         assert "FOR PROCESSING" in states[JobState.SKIPPED]
         assert states[JobState.FAILED]
@@ -167,22 +186,30 @@ def test_skipped_and_failed_get_reasons(tmp_path: Path, destination: Destination
         assert send(node, synthetic_mammogram(seed=7)) == Status.SUCCESS
     finally:
         node.stop()
-    assert destination.received == [] or all(ds.Modality in ("SEG", "OT", "MG")
-                                              for ds in destination.received)
+    assert destination.received == [] or all(
+        ds.Modality in ("SEG", "OT", "MG") for ds in destination.received
+    )
 
 
 def test_http_reports_jobs_and_readiness(tmp_path: Path, destination: Destination) -> None:
     node = make_node(tmp_path, destination.port)
-    state = NodeState(store=node.store, segmenter=node.segmenter, scp=node.scp,
-                      data_dir=node.settings.data_dir, min_free_mb=0, version="test")
+    state = NodeState(
+        store=node.store,
+        segmenter=node.segmenter,
+        scp=node.scp,
+        data_dir=node.settings.data_dir,
+        min_free_mb=0,
+        version="test",
+    )
     client = TestClient(create_app(state))
     try:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200
         source = synthetic_mammogram(seed=8, masses=[Mass(row=256, col=170, radius=40)])
         send(node, source)
-        job = wait_for(lambda: next((j for j in node.store.list() if j.state is JobState.DONE),
-                                    None))
+        job = wait_for(
+            lambda: next((j for j in node.store.list() if j.state is JobState.DONE), None)
+        )
         body = client.get(f"/api/v1/jobs/{job.id}").json()
         assert body["state"] == "DONE" and body["sop_instance_uid"] == source.SOPInstanceUID
         assert set(body["result_uids"]) == {"seg", "sc"}
@@ -214,8 +241,9 @@ def test_broken_model_stops_start_up(tmp_path: Path) -> None:
 def test_mask_is_at_the_source_matrix(tmp_path: Path, destination: Destination) -> None:
     node = make_node(tmp_path, destination.port)
     try:
-        source = synthetic_mammogram(rows=301, columns=203, seed=9,
-                                     masses=[Mass(row=150, col=80, radius=25)])
+        source = synthetic_mammogram(
+            rows=301, columns=203, seed=9, masses=[Mass(row=150, col=80, radius=25)]
+        )
         send(node, source)
         wait_for(lambda: len(destination.received) == 2)
     finally:

@@ -56,8 +56,13 @@ def scp_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     started: list[StorageSCP] = []
 
     def make(sink: Sink, **kw: object) -> StorageSCP:
-        config = ScpConfig(ae_title="MAMMOSEG", host="127.0.0.1", port=free_port(),
-                           spool_dir=tmp_path / "spool", **kw)  # type: ignore[arg-type]
+        config = ScpConfig(
+            ae_title="MAMMOSEG",
+            host="127.0.0.1",
+            port=free_port(),
+            spool_dir=tmp_path / "spool",
+            **kw,
+        )  # type: ignore[arg-type]
         scp = StorageSCP(config, sink)
         scp.start()
         started.append(scp)
@@ -68,8 +73,12 @@ def scp_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         scp.stop()
 
 
-def associate(scp: StorageSCP, calling: str = "PACS", called: str = "MAMMOSEG",
-              contexts: tuple[str, ...] = (MG, Verification)):  # type: ignore[no-untyped-def]
+def associate(
+    scp: StorageSCP,
+    calling: str = "PACS",
+    called: str = "MAMMOSEG",
+    contexts: tuple[str, ...] = (MG, Verification),
+):  # type: ignore[no-untyped-def]
     ae = AE(ae_title=calling)
     for context in contexts:
         ae.add_requested_context(context)

@@ -28,7 +28,11 @@ def test_packages_follow_the_import_direction() -> None:
         for path in sorted((ROOT / package).rglob("*.py")):
             for name in imported_modules(path):
                 if any(name == bad or name.startswith(bad + ".") for bad in forbidden):
-                    if package == "service" and path.name == "cli.py" and name == "model_export.cli":
+                    if (
+                        package == "service"
+                        and path.name == "cli.py"
+                        and name == "model_export.cli"
+                    ):
                         continue  # the CLI dispatches training commands lazily, behind the extra
                     problems.append(f"{path.relative_to(ROOT)} imports {name}")
     assert problems == []
@@ -38,9 +42,12 @@ def test_running_the_node_does_not_load_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, service.node, service.app, service.cli, dicom_node.scp; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('tensorflow', 'keras', 'tf2onnx')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    code = (
+        "import sys, service.node, service.app, service.cli, dicom_node.scp; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'tf2onnx')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == "[]"

@@ -46,8 +46,12 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
 
 def test_destination_parse() -> None:
     d = Destination.parse("ORTHANC@127.0.0.1:4242")
-    assert (d.ae_title, d.host, d.port, d.name) == ("ORTHANC", "127.0.0.1", 4242,
-                                                   "ORTHANC@127.0.0.1:4242")
+    assert (d.ae_title, d.host, d.port, d.name) == (
+        "ORTHANC",
+        "127.0.0.1",
+        4242,
+        "ORTHANC@127.0.0.1:4242",
+    )
     for bad in ("ORTHANC@127.0.0.1", "@h:1", "A@h:0", "A@h:70000", "TOOLONGAETITLE1234@h:1"):
         with pytest.raises(ValueError, match="AET@HOST:PORT"):
             Destination.parse(bad)

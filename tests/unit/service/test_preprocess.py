@@ -6,13 +6,19 @@ from service.preprocess import (
     Box,
     breast_box,
     output_to_probability,
+    threshold_mask,
     to_model_input,
     to_source_probability,
-    threshold_mask,
 )
 
-CONTRACT = ModelContract(model_name="m", model_version="1", input_name="image",
-                         input_height=32, input_width=32, output_name="mask")
+CONTRACT = ModelContract(
+    model_name="m",
+    model_version="1",
+    input_name="image",
+    input_height=32,
+    input_width=32,
+    output_name="mask",
+)
 
 
 def test_model_input_is_nhwc_unit_range_replicated() -> None:
@@ -51,7 +57,7 @@ def test_output_shape_mismatch_is_refused() -> None:
 
 def test_threshold_drops_specks_below_min_area() -> None:
     prob = np.zeros((50, 50), dtype=np.float32)
-    prob[5:15, 5:15] = 0.9   # 100 px
+    prob[5:15, 5:15] = 0.9  # 100 px
     prob[30:32, 30:32] = 0.9  # 4 px
     mask = threshold_mask(prob, 0.5, min_area_px=10)
     assert mask.sum() == 100 and not mask[31, 31]

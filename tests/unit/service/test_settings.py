@@ -17,8 +17,10 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "node.toml"
-    config.write_text('ae_title = "FROMFILE"\ndicom-port = 2000\nhttp_port = 3000\n'
-                      'destinations = ["PACS@127.0.0.1:4242"]\n')
+    config.write_text(
+        'ae_title = "FROMFILE"\ndicom-port = 2000\nhttp_port = 3000\n'
+        'destinations = ["PACS@127.0.0.1:4242"]\n'
+    )
     monkeypatch.setenv("MAMMOSEG_DICOM_PORT", "2001")
     monkeypatch.setenv("MAMMOSEG_ALLOWED_CALLERS", "ORTHANC, STORESCU")
     s = load_settings(config, http_port=3001)
@@ -32,9 +34,13 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.parametrize(
     ("override", "named"),
-    [({"dicom_port": 70000}, "dicom_port"), ({"destinations": ["nohost"]}, "nohost"),
-     ({"uid_root": "1.2.3"}, "uid_root"), ({"ae_title": "A" * 17}, "ae_title"),
-     ({"ae_title": "BAD\\AE"}, "ae_title")],
+    [
+        ({"dicom_port": 70000}, "dicom_port"),
+        ({"destinations": ["nohost"]}, "nohost"),
+        ({"uid_root": "1.2.3"}, "uid_root"),
+        ({"ae_title": "A" * 17}, "ae_title"),
+        ({"ae_title": "BAD\\AE"}, "ae_title"),
+    ],
 )
 def test_bad_values_stop_with_their_name(override: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):

@@ -5,10 +5,16 @@ from service.store import JobState, JobStore, NewJob
 
 
 def new_job(uid: str = "1.2.3.4") -> NewJob:
-    return NewJob(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
-                  study_instance_uid="1.2.3", series_instance_uid="1.2.3.1",
-                  transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae_title="PACS",
-                  association_id="assoc-1", path=f"/spool/{uid}.dcm")
+    return NewJob(
+        sop_instance_uid=uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        calling_ae_title="PACS",
+        association_id="assoc-1",
+        path=f"/spool/{uid}.dcm",
+    )
 
 
 def test_add_claim_update_roundtrip(tmp_path: Path) -> None:
@@ -18,8 +24,9 @@ def test_add_claim_update_roundtrip(tmp_path: Path) -> None:
     job = store.claim([JobState.RECEIVED], JobState.PROCESSING)
     assert job is not None and job.id == job_id and job.state is JobState.PROCESSING
     assert store.claim([JobState.RECEIVED], JobState.PROCESSING) is None
-    store.update(job_id, state=JobState.DONE, timings={"infer_s": 0.5},
-                 results={"uids": {"seg": "1.2.9"}})
+    store.update(
+        job_id, state=JobState.DONE, timings={"infer_s": 0.5}, results={"uids": {"seg": "1.2.9"}}
+    )
     done = store.get(job_id)
     assert done is not None and done.state is JobState.DONE
     assert done.timings["infer_s"] == 0.5 and "received_at" in done.timings
