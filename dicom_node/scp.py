@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,28 @@ class ScpConfig:
     max_associations: int = 10
     min_free_bytes: int = 0
     network_timeout_s: float = 60.0
+    max_dataset_bytes: int = 0
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """DICOM TLS (PS3.15 B.1): the server certificate, optionally client certificates."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS 1.2+ server context; raises ``ssl.SSLError``/``OSError`` on bad files."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
+        if self.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(self.ca_file))
+            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
 
 
 @dataclass
@@ -135,6 +158,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._instances: dict[str, int] = {}
+        self._bytes: dict[str, int] = {}
 
     @property
     def listening(self) -> bool:
@@ -165,9 +189,15 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
+        if cfg.max_dataset_bytes:
+            handlers.append((evt.EVT_DATA_RECV, self._count_bytes))
+        ssl_context = cfg.tls.server_context() if cfg.tls else None
         ae = self._make_ae()
-        self._server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
-        log.info("storage SCP %s listening on %s:%d", cfg.ae_title, cfg.host, cfg.port)
+        self._server = ae.start_server(
+            (cfg.host, cfg.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+        )
+        tls_note = " (TLS)" if ssl_context else ""
+        log.info("storage SCP %s listening on %s:%d%s", cfg.ae_title, cfg.host, cfg.port, tls_note)
 
     def stop(self) -> None:
         """Stop accepting; running associations are aborted (the sender retries)."""
@@ -183,6 +213,8 @@ class StorageSCP:
     def handle_store(self, event: evt.Event) -> int:
         assoc = event.assoc
         assoc_id = _assoc_id(assoc)
+        with self._lock:
+            self._bytes[assoc_id] = 0  # the next message starts counting afresh
         try:
             return int(self._store(event, assoc_id))
         except Exception:  # boundary: any failure becomes a DIMSE status, never a crash
@@ -241,6 +273,25 @@ class StorageSCP:
         log.info("stored %s on %s", sop_instance_uid, assoc_id)
         return Status.SUCCESS
 
+    def _count_bytes(self, event: evt.Event) -> None:
+        """Abort an association whose current message outgrows ``max_dataset_bytes``.
+
+        pynetdicom holds a whole dataset in memory before the C-STORE handler
+        runs, so the limit is enforced while the bytes arrive: memory stays
+        bounded whatever a peer sends.
+        """
+        assoc_id = _assoc_id(event.assoc)
+        with self._lock:
+            received = self._bytes.get(assoc_id, 0) + len(event.data)
+            self._bytes[assoc_id] = received
+        if received > self.config.max_dataset_bytes:
+            log.warning(
+                "association %s aborted: dataset larger than %d bytes",
+                assoc_id,
+                self.config.max_dataset_bytes,
+            )
+            event.assoc.abort()
+
     def _on_accepted(self, event: evt.Event) -> None:
         req = event.assoc.requestor
         log.info(
@@ -263,6 +314,7 @@ class StorageSCP:
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
         with self._lock:
             count = self._instances.pop(assoc_id, 0)
+            self._bytes.pop(assoc_id, None)
         log.info("association %s %s after %d instances", assoc_id, outcome, count)
         if self.events.on_closed:
             self.events.on_closed(assoc_id, count, outcome)

@@ -72,7 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"mammoseg: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         run_node(settings)
     except ContractError as exc:

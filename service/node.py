@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from dicom_node.provenance import Provenance
-from dicom_node.scp import ReceivedInstance, ScpConfig, StorageSCP
+from dicom_node.scp import ReceivedInstance, ScpConfig, StorageSCP, TlsConfig
 from dicom_node.spool import remove_partial_files
 from service import __version__
 from service.app import NodeState, create_app
@@ -97,6 +97,17 @@ class Node:
         log.info("node stopped")
 
 
+def tls_config(settings: Settings) -> TlsConfig | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return TlsConfig(
+        cert_file=settings.tls_cert_file,
+        key_file=settings.tls_key_file,
+        ca_file=settings.tls_ca_file,
+        require_client_cert=settings.tls_require_client_cert,
+    )
+
+
 def start_node(settings: Settings) -> Node:
     """Start everything except the HTTP server; raises on a bad model or a busy port."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +148,8 @@ def start_node(settings: Settings) -> Node:
             allowed_callers=settings.allowed_callers,
             max_associations=settings.max_associations,
             min_free_bytes=settings.min_free_mb << 20,
+            max_dataset_bytes=settings.max_dataset_mb << 20,
+            tls=tls_config(settings),
         ),
         job_sink(store),
     )

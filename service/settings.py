@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_node.scu import Destination
@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     retry_give_up_s: float = Field(default=86400.0, gt=0)
     poll_interval_s: float = Field(default=0.2, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one line per event; json: one JSON object per line"
+    )
+    max_dataset_mb: int = Field(
+        default=1024, ge=1, description="Larger incoming datasets abort the association"
+    )
+    tls_cert_file: Path | None = Field(default=None, description="DICOM TLS server certificate")
+    tls_key_file: Path | None = Field(default=None, description="Its private key (PEM)")
+    tls_ca_file: Path | None = Field(default=None, description="CA that signs client certificates")
+    tls_require_client_cert: bool = Field(
+        default=False, description="Refuse TLS clients without a certificate from tls_ca_file"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -106,6 +118,14 @@ class Settings(BaseSettings):
                 f"UID root {value!r} must be a valid UID ending in '.', at most 40 chars"
             )
         return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_require_client_cert and self.tls_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_ca_file")
+        return self
 
     @property
     def spool_dir(self) -> Path:

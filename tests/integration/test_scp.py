@@ -164,3 +164,21 @@ def test_stop_releases_the_port(scp_factory) -> None:  # type: ignore[no-untyped
     assert not scp.listening
     assoc = associate(scp)
     assert not assoc.is_established
+
+
+def test_dataset_over_the_size_limit_aborts_and_stores_nothing(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    sink = Sink()
+    scp = scp_factory(sink, max_dataset_bytes=20_000)
+    assoc = associate(scp)
+    small = small_image()
+    assert assoc.send_c_store(small).Status == Status.SUCCESS
+    big = small_image()
+    big.Rows, big.Columns = 256, 256
+    big.PixelData = np.zeros(256 * 256, dtype=np.uint16).tobytes()
+    status = assoc.send_c_store(big)
+    assert not status  # no answer: the association was aborted while the data arrived
+    assert not assoc.is_established
+    assert [i.sop_instance_uid for i in sink.received] == [small.SOPInstanceUID]
+    again = associate(scp)  # the node still answers
+    assert again.send_c_echo().Status == Status.SUCCESS
+    again.release()
