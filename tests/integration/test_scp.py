@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,9 @@ def test_dataset_over_the_size_limit_aborts_and_stores_nothing(scp_factory) -> N
     big.PixelData = np.zeros(256 * 256, dtype=np.uint16).tobytes()
     status = assoc.send_c_store(big)
     assert not status  # no answer: the association was aborted while the data arrived
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not assoc.is_established
     assert [i.sop_instance_uid for i in sink.received] == [small.SOPInstanceUID]
     again = associate(scp)  # the node still answers
