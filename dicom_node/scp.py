@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -232,7 +231,7 @@ class StorageSCP:
         try:
             encoded = event.encoded_dataset(include_meta=True)
             ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
-        except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the peer sent it
             log.warning(
                 "refused %s on %s: cannot parse dataset (%s)",
                 sop_instance_uid,

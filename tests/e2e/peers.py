@@ -181,6 +181,14 @@ class NodeProcess:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
             return json.loads(resp.read())
 
+    def get_status(self, path: str) -> tuple[int, Any]:
+        """(HTTP status, JSON body), also for error statuses."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -193,8 +201,9 @@ def start_node(
     dicom_port: int | None = None,
     http_port: int | None = None,
     ready_timeout_s: float = 60,
+    wait_ready: bool = True,
 ) -> NodeProcess:
-    """Start ``mammoseg serve`` as a process and wait until /readyz says yes."""
+    """Start ``mammoseg serve`` as a process; wait until /readyz (or only /healthz) says yes."""
     tmp.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
@@ -224,11 +233,12 @@ def start_node(
         if proc.poll() is not None:
             raise AssertionError(f"node exited with {proc.returncode}: {node.log_text()[-3000:]}")
         try:
-            return bool(node.get("/readyz")["ready"])
+            status, body = node.get_status("/readyz" if wait_ready else "/healthz")
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
+        return status == 200
 
-    wait_until(ready, ready_timeout_s, "the node to be ready")
+    wait_until(ready, ready_timeout_s, "the node to be ready" if wait_ready else "HTTP")
     return node
 
 
@@ -252,15 +262,21 @@ def storescu(
 
 
 @contextmanager
-def storescp(tmp: Path, *, aet: str = "STORESCP") -> Iterator[tuple[int, Path]]:
-    """DCMTK storescp as a destination; yields (port, folder it writes to)."""
+def storescp(
+    tmp: Path, *, aet: str = "STORESCP", port: int | None = None, unique_names: bool = True
+) -> Iterator[tuple[int, Path]]:
+    """DCMTK storescp as a destination; yields (port, folder it writes to).
+
+    With ``unique_names`` every received object gets its own file, so an
+    object delivered twice shows up twice.
+    """
     binary = need("storescp", "dcmtk")
-    port = free_port()
+    port = port or free_port()
     out = tmp / "storescp"
     out.mkdir(parents=True, exist_ok=True)
     log = (tmp / "storescp.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "-aet", aet, "-od", str(out), "+xa", "-uf", str(port)],
+        [binary, "-aet", aet, "-od", str(out), "+xa", "+uf" if unique_names else "-uf", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
