@@ -3,6 +3,16 @@
 A job is committed before the C-STORE success goes back (DESIGN.md, data
 flow). Workers claim jobs in an ``IMMEDIATE`` transaction so two workers never
 take the same one. No patient data is stored here: UIDs, states, timings.
+
+Besides the jobs, two audit tables: ``job_events`` (every state change with
+its time, which gives throughput and the retry count without trusting a
+mutable column) and ``associations`` (who called, from where, when, how many
+instances, how it ended). The admin transitions (:meth:`JobStore.retry`,
+:meth:`JobStore.reprocess`) change a job only from the states they allow, in
+one transaction, so they are safe while workers run.
+
+The SQL is kept plain (no JSON functions, no upsert) so that the planned
+PostgreSQL port changes only this module.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +31,14 @@ from typing import Any
 
 class StoreError(Exception):
     """The job store cannot be used (open, write or schema problems)."""
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows the requested transition (the message says why)."""
 
 
 class JobState(StrEnum):
@@ -34,6 +52,8 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
+#: States from which an administrator may ask for the results to be sent again now.
+RETRYABLE = frozenset({JobState.FAILED, JobState.RETRYING})
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,51 @@ class Job:
     delivered: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing wants; every part is optional and they combine with AND.
+
+    ``since``/``until`` bound the time the job was received (``created_at``,
+    half-open: since <= t < until). ``destination`` keeps jobs whose results
+    were delivered to that destination (``AET@HOST:PORT``).
+    """
+
+    states: Sequence[JobState] = ()
+    since: float | None = None
+    until: float | None = None
+    destination: str | None = None
+    calling_ae_title: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One state change of a job (``detail`` says who or why, e.g. a retry request)."""
+
+    id: int
+    job_id: int
+    at: float
+    state: JobState
+    detail: str
+
+
+@dataclass(frozen=True)
+class Association:
+    """One DICOM association as the audit sees it (no patient data)."""
+
+    id: int
+    association_id: str
+    calling_ae_title: str
+    address: str
+    started_at: float
+    ended_at: float | None
+    instances: int
+    outcome: str  # open, released, aborted, rejected
+
+
+#: Outcomes of an association in the audit table.
+ASSOCIATION_OUTCOMES = ("open", "released", "aborted", "rejected")
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -96,8 +161,30 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_sop ON jobs (sop_instance_uid);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+CREATE INDEX IF NOT EXISTS job_events_state ON job_events (state, at);
+CREATE TABLE IF NOT EXISTS associations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    association_id TEXT NOT NULL,
+    calling_ae_title TEXT NOT NULL,
+    address TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    instances INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS associations_started ON associations (started_at);
+CREATE INDEX IF NOT EXISTS associations_open ON associations (association_id, ended_at);
 """
-SCHEMA_VERSION = 1
+# 2: job_events and associations (new tables only, created above for older stores too).
+SCHEMA_VERSION = 2
 _JSON_COLUMNS = ("timings", "results", "delivered")
 
 
@@ -107,6 +194,41 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         values[column] = json.loads(values[column])
     values["state"] = JobState(values["state"])
     return Job(**values)
+
+
+def _row_to_association(row: sqlite3.Row) -> Association:
+    return Association(**dict(row))
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern with ``ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _filter_sql(where: JobFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if where.states:
+        clauses.append(f"state IN ({_marks(where.states)})")
+        args.extend(JobState(s).value for s in where.states)
+    if where.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(where.since)
+    if where.until is not None:
+        clauses.append("created_at < ?")
+        args.append(where.until)
+    if where.destination:
+        # delivered is a JSON list of names: match the quoted name as a whole.
+        clauses.append("delivered LIKE ? ESCAPE '\\'")
+        args.append(f'%"{_like_escaped(where.destination)}"%')
+    if where.calling_ae_title:
+        clauses.append("calling_ae_title = ?")
+        args.append(where.calling_ae_title)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 class JobStore:
@@ -121,6 +243,11 @@ class JobStore:
             with self._transaction() as conn:
                 if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
                     conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                else:
+                    conn.execute(
+                        "UPDATE schema_version SET version = ? WHERE version < ?",
+                        (SCHEMA_VERSION, SCHEMA_VERSION),
+                    )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the job store at {path}: {exc}") from exc
 
@@ -145,6 +272,15 @@ class JobStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection, job_id: int, state: JobState, at: float, detail: str = ""
+    ) -> None:
+        conn.execute(
+            "INSERT INTO job_events (job_id, at, state, detail) VALUES (?,?,?,?)",
+            (job_id, at, state.value, detail),
+        )
 
     # -- writes -----------------------------------------------------------
     def add(self, new: NewJob, *, now: float | None = None) -> tuple[int, bool]:
@@ -182,7 +318,9 @@ class JobStore:
                     json.dumps({"received_at": now}),
                 ),
             )
-            return int(cur.lastrowid or 0), True
+            job_id = int(cur.lastrowid or 0)
+            self._event(conn, job_id, JobState.RECEIVED, now)
+            return job_id, True
 
     def claim(
         self, states: Sequence[JobState], to: JobState, *, now: float | None = None
@@ -198,9 +336,13 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
+            # e.g. processing_at: when a worker took it (the "received" stage ends there).
+            timings = {**json.loads(row["timings"]), f"{to.value.lower()}_at": now}
             conn.execute(
-                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (to.value, now, row["id"])
+                "UPDATE jobs SET state = ?, updated_at = ?, timings = ? WHERE id = ?",
+                (to.value, now, json.dumps(timings), row["id"]),
             )
+            self._event(conn, int(row["id"]), to, now)
         return self.get(int(row["id"]))
 
     def update(
@@ -245,12 +387,23 @@ class JobStore:
                 merged = {**(json.loads(row["timings"]) if row else {}), **timings}
                 sets.append("timings = ?")
                 values.append(json.dumps(merged))
-            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
+            cur = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*values, job_id))
+            if state is not None and cur.rowcount:
+                self._event(conn, job_id, state, now, reason or "")
 
     def recover(self) -> dict[str, int]:
         """After a crash: PROCESSING goes back to RECEIVED, SENDING to RETRYING (due now)."""
         now = time.time()
         with self._transaction() as conn:
+            for state, to in (
+                (JobState.PROCESSING, JobState.RECEIVED),
+                (JobState.SENDING, JobState.RETRYING),
+            ):
+                rows = conn.execute(
+                    "SELECT id FROM jobs WHERE state = ?", (state.value,)
+                ).fetchall()
+                for row in rows:
+                    self._event(conn, int(row["id"]), to, now, "recovered after a restart")
             processing = conn.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
                 (JobState.RECEIVED.value, now, JobState.PROCESSING.value),
@@ -261,7 +414,291 @@ class JobStore:
             ).rowcount
         return {"processing": processing, "sending": sending}
 
+    # -- admin transitions (safe while workers run) -------------------------
+    def retry(
+        self, job_id: int, *, detail: str = "retry requested", now: float | None = None
+    ) -> Job:
+        """Send a FAILED or RETRYING job's existing results again, due now.
+
+        The give-up clock starts again; attempts keep counting. Raises
+        :class:`JobNotFound`, or :class:`JobConflict` when the job is in
+        another state (a worker may have just taken it) or has no results.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            job = _row_to_job(row)
+            if job.state not in RETRYABLE:
+                raise JobConflict(
+                    f"job {job_id} is {job.state.value}: only FAILED or RETRYING jobs can be "
+                    "retried"
+                )
+            if not job.results.get("files"):
+                raise JobConflict(
+                    f"job {job_id} has no results to send (it failed before they were built): "
+                    "reprocess it instead"
+                )
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, next_attempt_at = ?, first_send_failure_at = NULL, "
+                "updated_at = ? WHERE id = ? AND state = ?",
+                (JobState.RETRYING.value, now, now, job_id, job.state.value),
+            )
+            if cur.rowcount != 1:
+                raise JobConflict(f"job {job_id} changed state meanwhile; try again")
+            self._event(conn, job_id, JobState.RETRYING, now, detail)
+        return self._get_existing(job_id)
+
+    def reprocess(
+        self,
+        job_id: int,
+        *,
+        before_commit: Callable[[Job], None] | None = None,
+        detail: str = "reprocess requested",
+        now: float | None = None,
+    ) -> Job:
+        """Put a finished (DONE, FAILED, SKIPPED) job back to RECEIVED, results forgotten.
+
+        ``before_commit`` runs inside the transaction, while no worker can
+        claim the job: the caller clears the outbox there (raise to abort).
+        Refused while another job for the same instance is still open, so
+        results are never delivered twice.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            job = _row_to_job(row)
+            if job.state not in TERMINAL:
+                raise JobConflict(
+                    f"job {job_id} is {job.state.value}: only DONE, FAILED or SKIPPED jobs can "
+                    "be reprocessed"
+                )
+            open_states = [s.value for s in JobState if s not in TERMINAL]
+            other = conn.execute(
+                f"SELECT id FROM jobs WHERE sop_instance_uid = ? AND id <> ? "
+                f"AND state IN ({_marks(open_states)})",
+                (job.sop_instance_uid, job_id, *open_states),
+            ).fetchone()
+            if other is not None:
+                raise JobConflict(
+                    f"job {other['id']} for the same instance is still open; wait for it"
+                )
+            if before_commit is not None:
+                before_commit(job)
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, reason = '', attempts = 0, next_attempt_at = NULL, "
+                "first_send_failure_at = NULL, results = '{}', delivered = '[]', timings = ?, "
+                "updated_at = ? WHERE id = ? AND state = ?",
+                (
+                    JobState.RECEIVED.value,
+                    json.dumps({"received_at": now}),
+                    now,
+                    job_id,
+                    job.state.value,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise JobConflict(f"job {job_id} changed state meanwhile; try again")
+            self._event(conn, job_id, JobState.RECEIVED, now, detail)
+        return self._get_existing(job_id)
+
+    # -- association audit ------------------------------------------------
+    def association_opened(
+        self, association_id: str, calling_ae_title: str, address: str, *, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO associations (association_id, calling_ae_title, address, "
+                "started_at, outcome) VALUES (?,?,?,?,?)",
+                (association_id, calling_ae_title, address, now, "open"),
+            )
+
+    def association_rejected(
+        self, association_id: str, calling_ae_title: str, address: str, *, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO associations (association_id, calling_ae_title, address, "
+                "started_at, ended_at, outcome) VALUES (?,?,?,?,?,?)",
+                (association_id, calling_ae_title, address, now, now, "rejected"),
+            )
+
+    def association_closed(
+        self, association_id: str, instances: int, outcome: str, *, now: float | None = None
+    ) -> None:
+        """Close the newest open row with this id (ids are reused once an association is gone)."""
+        if outcome not in ASSOCIATION_OUTCOMES:
+            raise ValueError(
+                f"association outcome {outcome!r} is not one of {ASSOCIATION_OUTCOMES}"
+            )
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM associations WHERE association_id = ? AND ended_at IS NULL "
+                "ORDER BY id DESC LIMIT 1",
+                (association_id,),
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute(
+                "UPDATE associations SET ended_at = ?, instances = ?, outcome = ? WHERE id = ?",
+                (now, instances, outcome, row["id"]),
+            )
+
+    def associations(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        calling_ae_title: str | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Association], int]:
+        """Newest first, with the total number matching."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for clause, value in (
+            ("started_at >= ?", since),
+            ("started_at < ?", until),
+            ("calling_ae_title = ?", calling_ae_title),
+            ("outcome = ?", outcome),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        conn = self._connection()
+        rows = conn.execute(
+            f"SELECT * FROM associations{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        total = conn.execute(f"SELECT COUNT(*) FROM associations{where}", args).fetchone()[0]
+        return [_row_to_association(r) for r in rows], int(total)
+
+    def association_counts(self) -> dict[str, int]:
+        rows = (
+            self._connection()
+            .execute("SELECT outcome, COUNT(*) AS n FROM associations GROUP BY outcome")
+            .fetchall()
+        )
+        found = {row["outcome"]: int(row["n"]) for row in rows}
+        return {outcome: found.get(outcome, 0) for outcome in ASSOCIATION_OUTCOMES}
+
     # -- reads ------------------------------------------------------------
+    def _get_existing(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        return job
+
+    def find(self, where: JobFilter, *, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        """Jobs matching ``where``, newest first, with the total number matching."""
+        sql, args = _filter_sql(where)
+        conn = self._connection()
+        rows = conn.execute(
+            f"SELECT * FROM jobs{sql} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+        ).fetchall()
+        total = conn.execute(f"SELECT COUNT(*) FROM jobs{sql}", args).fetchone()[0]
+        return [_row_to_job(row) for row in rows], int(total)
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        """The job's state changes, oldest first."""
+        rows = (
+            self._connection()
+            .execute("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+            .fetchall()
+        )
+        return [
+            JobEvent(
+                id=int(r["id"]),
+                job_id=int(r["job_id"]),
+                at=float(r["at"]),
+                state=JobState(r["state"]),
+                detail=str(r["detail"]),
+            )
+            for r in rows
+        ]
+
+    def event_count(self, state: JobState, *, job_id: int | None = None) -> int:
+        """How many times jobs (or one job) entered ``state``: e.g. retries for RETRYING."""
+        query = "SELECT COUNT(*) FROM job_events WHERE state = ?"
+        args: list[Any] = [state.value]
+        if job_id is not None:
+            query += " AND job_id = ?"
+            args.append(job_id)
+        return int(self._connection().execute(query, args).fetchone()[0])
+
+    def event_times(self, state: JobState, *, since: float) -> list[float]:
+        """When jobs entered ``state`` since a time (throughput), oldest first."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT at FROM job_events WHERE state = ? AND at >= ? ORDER BY at",
+                (state.value, since),
+            )
+            .fetchall()
+        )
+        return [float(r["at"]) for r in rows]
+
+    def finished_timings(self, *, since: float) -> list[dict[str, float]]:
+        """Timings of the jobs that became DONE since a time (latency percentiles)."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT j.timings FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                "WHERE e.state = ? AND e.at >= ? ORDER BY e.id",
+                (JobState.DONE.value, since),
+            )
+            .fetchall()
+        )
+        return [json.loads(r["timings"]) for r in rows]
+
+    def finished_after(
+        self, event_id: int, *, limit: int = 1000
+    ) -> list[tuple[int, dict[str, float]]]:
+        """(event id, timings) of DONE events after ``event_id``: metrics read them once each."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT e.id, j.timings FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                "WHERE e.state = ? AND e.id > ? ORDER BY e.id LIMIT ?",
+                (JobState.DONE.value, event_id, limit),
+            )
+            .fetchall()
+        )
+        return [(int(r["id"]), json.loads(r["timings"])) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self._connection().execute("SELECT MAX(id) FROM job_events").fetchone()
+        return int(row[0] or 0)
+
+    def queue_depth(self, *, now: float | None = None) -> int:
+        """Jobs waiting for a worker: RECEIVED, and RETRYING whose next attempt is due."""
+        now = time.time() if now is None else now
+        row = (
+            self._connection()
+            .execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ? OR (state = ? AND "
+                "(next_attempt_at IS NULL OR next_attempt_at <= ?))",
+                (JobState.RECEIVED.value, JobState.RETRYING.value, now),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def delivered_count(self, destination: str) -> int:
+        """Jobs whose results reached ``destination``."""
+        sql, args = _filter_sql(JobFilter(destination=destination))
+        return int(
+            self._connection().execute(f"SELECT COUNT(*) FROM jobs{sql}", args).fetchone()[0]
+        )
+
     def get(self, job_id: int) -> Job | None:
         row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _row_to_job(row)

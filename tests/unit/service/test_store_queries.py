@@ -1,0 +1,262 @@
+"""Store queries for the API: filters, events, stats inputs, audit, admin transitions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.store import (
+    SCHEMA_VERSION,
+    JobConflict,
+    JobFilter,
+    JobNotFound,
+    JobState,
+    JobStore,
+    NewJob,
+)
+
+
+def new_job(uid: str, *, caller: str = "PACS") -> NewJob:
+    return NewJob(
+        sop_instance_uid=uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        calling_ae_title=caller,
+        association_id="assoc-1",
+        path=f"/spool/{uid}.dcm",
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "jobs.sqlite3")
+
+
+def failed_with_results(store: JobStore, uid: str = "1.9") -> int:
+    job_id, _ = store.add(new_job(uid))
+    store.update(
+        job_id,
+        state=JobState.FAILED,
+        reason="gave up sending after 3 attempts: DEST unreachable",
+        results={"files": ["/outbox/1/seg.dcm"], "uids": {"seg": "1.2.9"}},
+        attempts=3,
+        first_send_failure_at=50.0,
+    )
+    return job_id
+
+
+def test_filters_combine_and_count_the_total(store: JobStore) -> None:
+    a, _ = store.add(new_job("1.1"), now=100.0)
+    b, _ = store.add(new_job("1.2", caller="OTHER"), now=200.0)
+    c, _ = store.add(new_job("1.3"), now=300.0)
+    store.update(a, state=JobState.DONE, delivered=["DEST@127.0.0.1:104"])
+    store.update(b, state=JobState.FAILED, reason="bad pixels")
+    store.update(c, state=JobState.DONE, delivered=["DEST_2@127.0.0.1:105"])
+
+    jobs, total = store.find(JobFilter(states=[JobState.DONE]))
+    assert [j.id for j in jobs] == [c, a] and total == 2
+    jobs, total = store.find(JobFilter(since=150.0, until=300.0))
+    assert [j.id for j in jobs] == [b] and total == 1
+    jobs, _ = store.find(JobFilter(destination="DEST@127.0.0.1:104"))
+    assert [j.id for j in jobs] == [a]
+    # LIKE wildcards in a name are literal: "_" does not match "E".
+    jobs, _ = store.find(JobFilter(destination="D_ST@127.0.0.1:104"))
+    assert jobs == []
+    jobs, _ = store.find(JobFilter(calling_ae_title="OTHER"))
+    assert [j.id for j in jobs] == [b]
+    jobs, total = store.find(JobFilter(), limit=1, offset=1)
+    assert [j.id for j in jobs] == [b] and total == 3
+    assert store.delivered_count("DEST@127.0.0.1:104") == 1
+
+
+def test_every_state_change_is_an_event(store: JobStore) -> None:
+    job_id, _ = store.add(new_job("1.1"), now=10.0)
+    store.claim([JobState.RECEIVED], JobState.PROCESSING, now=11.0)
+    store.update(job_id, state=JobState.SENDING, now=12.0)
+    store.update(job_id, state=JobState.RETRYING, reason="down", now=13.0)
+    store.update(job_id, delivered=["X@h:1"], now=13.5)  # no state: no event
+    store.claim([JobState.RETRYING], JobState.SENDING, now=14.0)
+    store.update(job_id, state=JobState.DONE, now=15.0)
+    events = store.events(job_id)
+    assert [(e.state, e.at) for e in events] == [
+        (JobState.RECEIVED, 10.0),
+        (JobState.PROCESSING, 11.0),
+        (JobState.SENDING, 12.0),
+        (JobState.RETRYING, 13.0),
+        (JobState.SENDING, 14.0),
+        (JobState.DONE, 15.0),
+    ]
+    assert events[3].detail == "down"
+    assert store.event_count(JobState.RETRYING, job_id=job_id) == 1
+    job = store.get(job_id)
+    assert job is not None and job.timings["processing_at"] == 11.0
+    assert job.timings["sending_at"] == 14.0
+    assert store.event_times(JobState.DONE, since=14.0) == [15.0]
+    assert store.event_times(JobState.DONE, since=15.5) == []
+
+
+def test_finished_timings_and_metrics_cursor(store: JobStore) -> None:
+    start = store.last_event_id()
+    a, _ = store.add(new_job("1.1"), now=1.0)
+    store.update(a, state=JobState.DONE, timings={"decode_s": 0.5}, now=2.0)
+    b, _ = store.add(new_job("1.2"), now=3.0)
+    store.update(b, state=JobState.DONE, timings={"decode_s": 0.7}, now=4.0)
+    assert [t["decode_s"] for t in store.finished_timings(since=3.5)] == [0.7]
+    first = store.finished_after(start, limit=1)
+    assert [t["decode_s"] for _, t in first] == [0.5]
+    rest = store.finished_after(first[0][0])
+    assert [t["decode_s"] for _, t in rest] == [0.7]
+    assert store.finished_after(rest[-1][0]) == []
+
+
+def test_queue_depth_counts_received_and_due_retries(store: JobStore) -> None:
+    store.add(new_job("1.1"))
+    due, _ = store.add(new_job("1.2"))
+    later, _ = store.add(new_job("1.3"))
+    store.update(due, state=JobState.RETRYING, next_attempt_at=100.0)
+    store.update(later, state=JobState.RETRYING, next_attempt_at=500.0)
+    assert store.queue_depth(now=200.0) == 2
+
+
+def test_retry_failed_job_makes_it_due_now(store: JobStore) -> None:
+    job_id = failed_with_results(store)
+    job = store.retry(job_id, now=1000.0)
+    assert job.state is JobState.RETRYING
+    assert job.next_attempt_at == 1000.0 and job.first_send_failure_at is None
+    assert job.attempts == 3
+    assert store.claim([JobState.RETRYING], JobState.SENDING, now=1000.0) is not None
+    assert store.events(job_id)[-2].detail == "retry requested"
+
+
+def test_retry_refuses_jobs_without_results_or_in_other_states(store: JobStore) -> None:
+    bad_input, _ = store.add(new_job("1.1"))
+    store.update(bad_input, state=JobState.FAILED, reason="cannot decode")
+    with pytest.raises(JobConflict, match="no results"):
+        store.retry(bad_input)
+    done, _ = store.add(new_job("1.2"))
+    store.update(done, state=JobState.DONE)
+    with pytest.raises(JobConflict, match="DONE"):
+        store.retry(done)
+    with pytest.raises(JobNotFound):
+        store.retry(9999)
+    assert store.get(bad_input).state is JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_reprocess_resets_the_job_and_runs_the_hook_inside(store: JobStore) -> None:
+    job_id = failed_with_results(store)
+    seen: list[JobState] = []
+
+    def hook(job: object) -> None:
+        # Inside the transaction: another connection sees the old state.
+        other = sqlite3.connect(store.path)
+        seen.append(JobState(other.execute("SELECT state FROM jobs").fetchone()[0]))
+        other.close()
+
+    job = store.reprocess(job_id, before_commit=hook, now=500.0)
+    assert seen == [JobState.FAILED]
+    assert job.state is JobState.RECEIVED
+    assert (job.results, job.delivered, job.attempts, job.reason) == ({}, [], 0, "")
+    assert job.timings == {"received_at": 500.0}
+    assert job.first_send_failure_at is None
+
+
+def test_reprocess_hook_failure_changes_nothing(store: JobStore) -> None:
+    job_id = failed_with_results(store)
+
+    def refuse(job: object) -> None:
+        raise JobConflict("spool file gone")
+
+    with pytest.raises(JobConflict, match="spool file gone"):
+        store.reprocess(job_id, before_commit=refuse)
+    assert store.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_reprocess_refuses_open_jobs_and_duplicates(store: JobStore) -> None:
+    open_id, _ = store.add(new_job("1.1"))
+    with pytest.raises(JobConflict, match="RECEIVED"):
+        store.reprocess(open_id)
+    store.update(open_id, state=JobState.DONE)
+    again, created = store.add(new_job("1.1"))  # the PACS sent it again
+    assert created
+    with pytest.raises(JobConflict, match=f"job {again}"):
+        store.reprocess(open_id)
+
+
+def test_retry_races_with_workers_without_double_claims(store: JobStore) -> None:
+    """Admin retries while workers claim: each job is taken exactly once, never twice."""
+    ids = [failed_with_results(store, f"1.{i + 1}") for i in range(30)]
+    claimed: list[int] = []
+    conflicts: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            job = store.claim([JobState.RETRYING], JobState.SENDING)
+            if job is not None:
+                with lock:
+                    claimed.append(job.id)
+
+    def admin() -> None:
+        for job_id in ids:
+            store.retry(job_id)
+        for job_id in ids:  # a second press: RETRYING again or already SENDING
+            try:
+                store.retry(job_id)
+            except JobConflict:
+                conflicts.append(job_id)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    admin()
+    deadline = time.monotonic() + 10
+    while len(claimed) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # a double claim would show up now
+    stop.set()
+    for t in threads:
+        t.join()
+    # A second press either found the job still RETRYING (no extra send) or SENDING (409).
+    assert sorted(claimed) == sorted(ids)
+    assert all(store.get(i).state is JobState.SENDING for i in ids)  # type: ignore[union-attr]
+
+
+def test_association_audit(store: JobStore) -> None:
+    store.association_opened("assoc-a", "PACS", "127.0.0.1", now=10.0)
+    store.association_rejected("assoc-b", "EVIL", "10.0.0.9", now=11.0)
+    store.association_closed("assoc-a", 3, "released", now=12.0)
+    store.association_closed("assoc-unknown", 1, "aborted")  # nothing open: ignored
+    rows, total = store.associations()
+    assert total == 2
+    assert [(r.calling_ae_title, r.outcome, r.instances) for r in rows] == [
+        ("EVIL", "rejected", 0),
+        ("PACS", "released", 3),
+    ]
+    assert rows[1].started_at == 10.0 and rows[1].ended_at == 12.0
+    only, total = store.associations(outcome="released", since=5.0, until=11.0)
+    assert [r.association_id for r in only] == ["assoc-a"] and total == 1
+    assert store.association_counts() == {"open": 0, "released": 1, "aborted": 0, "rejected": 1}
+    with pytest.raises(ValueError, match="outcome"):
+        store.association_closed("assoc-a", 1, "exploded")
+
+
+def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1);"
+    )
+    conn.close()
+    store = JobStore(path)
+    version = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+    store.association_opened("assoc-a", "PACS", "127.0.0.1")
+    assert store.associations()[1] == 1
