@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_node.scu import Destination
@@ -21,6 +28,7 @@ from dicom_node.uids import is_valid_uid_root
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "mammoseg-mnv2-resunet.onnx"
 # pydicom's registered root; sites should configure their own (deploy/README.md).
 DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+MIN_TOKEN_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -95,6 +103,23 @@ class Settings(BaseSettings):
     tls_require_client_cert: bool = Field(
         default=False, description="Refuse TLS clients without a certificate from tls_ca_file"
     )
+    # HTTP access (service/access.py). Tokens have no default: admin actions stay refused
+    # until admin_token is set.
+    viewer_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the read endpoints and pages"
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for retry, reprocess, echo"
+    )
+    read_access: Literal["token", "loopback", "open"] = Field(
+        default="loopback",
+        description="token: a token for every read; loopback: no token from 127.0.0.1/::1; "
+        "open: no token (trusted network only)",
+    )
+    show_patient_data: bool = Field(
+        default=False, description="Show patient name, ID, birth date in job details"
+    )
+    max_upload_mb: int = Field(default=64, ge=1, le=2048, description="POST /api/v1/segment")
 
     @field_validator("ae_title")
     @classmethod
@@ -125,6 +150,21 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_require_client_cert and self.tls_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_ca_file")
+        return self
+
+    @model_validator(mode="after")
+    def _access(self) -> Settings:
+        viewer, admin = self.viewer_token, self.admin_token
+        for name, token in (("viewer_token", viewer), ("admin_token", admin)):
+            # Checked here, not with min_length, so that the error never echoes the secret.
+            if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"{name} must be at least {MIN_TOKEN_LENGTH} characters")
+        if self.read_access == "token" and viewer is None and admin is None:
+            raise ValueError("read_access 'token' needs viewer_token or admin_token")
+        if viewer and admin and viewer.get_secret_value() == admin.get_secret_value():
+            raise ValueError("viewer_token and admin_token must differ")
+        if self.show_patient_data and self.read_access == "open":
+            raise ValueError("show_patient_data needs read_access 'token' or 'loopback'")
         return self
 
     @property
