@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from service.inference import Segmenter, load_segmenter
 from service.pipeline import PipelineOptions
 from service.settings import Settings
 from service.store import JobStore, NewJob
-from service.worker import RetryPolicy, Worker, WorkerContext
+from service.worker import RetryPolicy, Sender, Worker, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Node:
     store: JobStore
     segmenter: Segmenter
     scp: StorageSCP
-    workers: list[Worker]
+    workers: list[threading.Thread]
     stop_event: threading.Event
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
@@ -136,7 +137,11 @@ def start_node(settings: Settings) -> Node:
         poll_interval_s=settings.poll_interval_s,
     )
     stop_event = threading.Event()
-    workers = [Worker(ctx, stop_event, name=f"worker-{i}") for i in range(settings.workers)]
+    outbox: queue.Queue[int] = queue.Queue()
+    workers: list[threading.Thread] = [
+        Worker(ctx, stop_event, outbox, name=f"worker-{i}") for i in range(settings.workers)
+    ]
+    workers.append(Sender(ctx, stop_event, outbox))
     for worker in workers:
         worker.start()
     scp = StorageSCP(

@@ -7,6 +7,7 @@ goes wrong with one job ends as FAILED with a reason, never a dead worker.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -43,18 +44,18 @@ class WorkerContext:
     poll_interval_s: float
 
 
-def run_job(ctx: WorkerContext, job: Job) -> None:
-    """Process one claimed (PROCESSING) job and try to send its results."""
+def run_job(ctx: WorkerContext, job: Job) -> bool:
+    """Process one claimed (PROCESSING) job; True when its results wait in SENDING."""
     try:
         results = process_instance(Path(job.path), job.id, ctx.segmenter, ctx.options)
     except JobSkipped as exc:
         ctx.store.update(job.id, state=JobState.SKIPPED, reason=str(exc))
         log.info("job %d SKIPPED (%s): %s", job.id, job.sop_instance_uid, exc)
-        return
+        return False
     except JobFailed as exc:
         ctx.store.update(job.id, state=JobState.FAILED, reason=str(exc))
         log.warning("job %d FAILED (%s): %s", job.id, job.sop_instance_uid, exc)
-        return
+        return False
     except Exception as exc:  # boundary: one bad image never stops the worker
         log.exception("job %d FAILED unexpectedly (%s)", job.id, job.sop_instance_uid)
         ctx.store.update(
@@ -62,7 +63,7 @@ def run_job(ctx: WorkerContext, job: Job) -> None:
             state=JobState.FAILED,
             reason=f"internal error while processing: {type(exc).__name__}: {exc}",
         )
-        return
+        return False
     ctx.store.update(
         job.id,
         state=JobState.SENDING,
@@ -79,8 +80,7 @@ def run_job(ctx: WorkerContext, job: Job) -> None:
         job.sop_instance_uid,
         results.lesion_pixels,
     )
-    job = ctx.store.get(job.id) or job
-    deliver(ctx, job)
+    return True
 
 
 def deliver(ctx: WorkerContext, job: Job) -> None:
@@ -147,25 +147,68 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
 
 
 class Worker(threading.Thread):
-    """Takes due RETRYING sends first (they are cheap), then new jobs."""
+    """Processes new jobs and hands their results to the sender through ``outbox``.
 
-    def __init__(self, ctx: WorkerContext, stop: threading.Event, name: str) -> None:
+    Sending runs in its own thread, so the next image is decoded and inferred
+    while the previous results travel to the PACS.
+    """
+
+    def __init__(
+        self, ctx: WorkerContext, stop: threading.Event, outbox: queue.Queue[int], name: str
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.ctx = ctx
         self.stop_event = stop
+        self.outbox = outbox
 
     def run(self) -> None:
         store = self.ctx.store
         while not self.stop_event.is_set():
             try:
-                job = store.claim([JobState.RETRYING], JobState.SENDING)
-                if job is not None:
-                    deliver(self.ctx, job)
-                    continue
                 job = store.claim([JobState.RECEIVED], JobState.PROCESSING)
                 if job is not None:
-                    run_job(self.ctx, job)
+                    if run_job(self.ctx, job):
+                        self.outbox.put(job.id)
                     continue
             except Exception:  # boundary: keep the worker alive (store hiccup, disk full)
                 log.exception("worker %s: unexpected error; continuing", self.name)
             self.stop_event.wait(self.ctx.poll_interval_s)
+
+
+class Sender(threading.Thread):
+    """Delivers fresh results from ``outbox`` first, then due RETRYING jobs.
+
+    Jobs handed over in memory are SENDING in the store; after a crash the
+    store's recovery turns them into RETRYING, which this thread claims.
+    """
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        stop: threading.Event,
+        outbox: queue.Queue[int],
+        name: str = "sender",
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.ctx = ctx
+        self.stop_event = stop
+        self.outbox = outbox
+
+    def run(self) -> None:
+        store = self.ctx.store
+        while not self.stop_event.is_set():
+            try:
+                try:
+                    job_id = self.outbox.get(timeout=self.ctx.poll_interval_s)
+                except queue.Empty:
+                    pass
+                else:
+                    fresh = store.get(job_id)
+                    if fresh is not None and fresh.state is JobState.SENDING:
+                        deliver(self.ctx, fresh)
+                # One due retry per turn, so retries never starve under load.
+                job = store.claim([JobState.RETRYING], JobState.SENDING)
+                if job is not None:
+                    deliver(self.ctx, job)
+            except Exception:  # boundary: keep the sender alive
+                log.exception("sender: unexpected error; continuing")
