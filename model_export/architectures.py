@@ -313,6 +313,7 @@ def build_model(
         raise ArchitectureError(
             f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
         ) from None
+    build: Any = builder
     if architecture in PRETRAINED_ENCODER:
-        return builder(input_shape, encoder_weights=encoder_weights)
-    return builder(input_shape)
+        return build(input_shape, encoder_weights=encoder_weights)
+    return build(input_shape)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -65,12 +66,12 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, object]:
     return np.asarray(display_image(ds).pixels, dtype=np.float32), ds
 
 
-def _fallback_display(ds: object) -> np.ndarray:
+def _fallback_display(ds: Any) -> np.ndarray:
     """Modality LUT, VOI LUT (or min-max), MONOCHROME1 inverted: only if dicom_node lacks it."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    pixels = apply_modality_lut(ds.pixel_array, ds)  # type: ignore[attr-defined]
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:  # type: ignore[operator]
+    pixels = apply_modality_lut(ds.pixel_array, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
         pixels = apply_voi_lut(pixels, ds)
     pixels = pixels.astype(np.float32)
     low, high = float(pixels.min()), float(pixels.max())
@@ -107,7 +108,8 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
 
 
 def _pil_gray(path: Path) -> np.ndarray:
-    with Image.open(path) as pil:
+    with Image.open(path) as opened:
+        pil: Image.Image = opened
         if pil.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
             pil = pil.convert("L")
         array = np.asarray(pil)
@@ -411,7 +413,7 @@ def write_lesion_dataset(
     manifest = {
         "seed": seed,
         "count": count,
-        "backgrounds": sorted({b.name for b in backgrounds}),
+        "backgrounds": sorted({getattr(b, "name", "") for b in backgrounds}),
         "config": {
             "min_diameter_mm": config.min_diameter_mm,
             "max_diameter_mm": config.max_diameter_mm,

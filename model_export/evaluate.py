@@ -88,7 +88,7 @@ class _Predictor:
 
             self.contract = read_contract(path)
             self.session = _session(path)
-            self.keras_model = None
+            self.keras_model: Any = None
         else:
             from model_export.export import load_keras_model
 
@@ -132,7 +132,8 @@ def evaluate_model(
 
     predictor = _Predictor(str(path), input_size)
     threshold = predictor.contract.threshold
-    scores, kept = [], []
+    scores: list[ImageScore] = []
+    kept: list[dict[str, Any]] = []
     for pair in pairs:
         image = read_image(pair.image)
         truth = read_mask(pair.mask) if pair.mask is not None else np.zeros(image.shape, bool)

@@ -138,6 +138,8 @@ def framework_string() -> str:
 
 def make_contract(model: Any, options: ExportOptions) -> ModelContract:
     _, height, width, channels = model.input_shape
+    if channels not in (1, 3):
+        raise ExportError(f"the model takes {channels} channels; the contract allows 1 or 3")
     return ModelContract(
         model_name=options.model_name,
         model_version=options.model_version,
@@ -145,7 +147,7 @@ def make_contract(model: Any, options: ExportOptions) -> ModelContract:
         input_layout="NHWC",
         input_height=int(height),
         input_width=int(width),
-        input_channels=int(channels),
+        input_channels=3 if int(channels) == 3 else 1,
         normalisation="unit",
         crop_to_breast=options.crop_to_breast,
         output_name=OUTPUT_NAME,

@@ -332,7 +332,8 @@ def insert_lesions(
             # a margin's blur never swamps the mass itself
             blur_px = min(blur_mm, 0.15 * diameter_mm) / background.mm_per_px
             profile, lesion_mask, _ = draw_mass(margin, diameter_px, blur_px, rng)
-            center = tuple(int(v) for v in candidates[rng.integers(len(candidates))])
+            row, col = candidates[rng.integers(len(candidates))]
+            center = (int(row), int(col))
             where = _place(profile, center, image.shape)
             if where is None:
                 continue
