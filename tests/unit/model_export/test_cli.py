@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from model_export import cli
+from tests.unit.model_export.trees import brightness_model
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -92,3 +93,24 @@ def test_bad_data_is_a_clean_failure(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert status == cli.EXIT_FAILED
     assert "no fgt_seg" in capsys.readouterr().err
+
+
+def test_evaluating_onnx_models_needs_no_tensorflow(
+    pair_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(cli, "train_extra_available", lambda *a, **k: False)
+    model = brightness_model(tmp_path / "bright.onnx")
+    argv = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(pair_tree),
+        "--out",
+        str(tmp_path / "e"),
+        "--panels",
+        "0",
+    ]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert (tmp_path / "e" / "comparison.md").is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model_export import evaluate
-from service.contract import CONTRACT_KEY, ModelContract
+from tests.unit.model_export.trees import brightness_model
 
 
 def test_dice_iou_hand_computed() -> None:
@@ -19,47 +19,6 @@ def test_dice_iou_hand_computed() -> None:
     empty = np.zeros((2, 2), bool)
     assert evaluate.dice_iou(empty, empty) == (1.0, 1.0)
     assert evaluate.dice_iou(truth, np.zeros_like(truth)) == (0.0, 0.0)
-
-
-def brightness_model(path: Path, size: int = 32) -> Path:
-    """An ONNX 'segmenter' that answers sigmoid(40 * (x - 0.5)) of channel 0."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["gray"]),
-        helper.make_node("Sub", ["gray", "half"], ["centred"]),
-        helper.make_node("Mul", ["centred", "gain"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["mask"]),
-    ]
-    inits = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
-        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-        helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "brightness",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", size, size, 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    contract = ModelContract(
-        model_name="Bright",
-        model_version="1",
-        input_name="image",
-        output_name="mask",
-        input_height=size,
-        input_width=size,
-    )
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
-    onnx.save(model, str(path))
-    return path
 
 
 def test_evaluate_models_writes_table_json_and_panels(pair_tree: Path, tmp_path: Path) -> None:
