@@ -7,8 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -70,19 +71,40 @@ def _association(
     return assoc
 
 
+def _fit_to_context(assoc: Any, ds: Dataset) -> None:
+    """Decompress ``ds`` when the peer accepted its SOP class only uncompressed."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    accepted = {
+        cx.transfer_syntax[0]
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == ds.SOPClassUID
+    }
+    if syntax in accepted or not syntax.is_compressed or not accepted:
+        return
+    try:
+        ds.decompress()
+    except Exception as exc:  # decoder errors of any kind: the send fails with the reason
+        raise SendError(
+            f"cannot decompress {ds.SOPInstanceUID} for a peer that accepts "
+            f"only uncompressed data: {exc}"
+        ) from exc
+
+
 def send_files(
     destination: Destination, paths: Sequence[Path], *, calling_ae: str, timeout_s: float = 30.0
 ) -> None:
     """Send every file over one association; raise :class:`SendError` unless all are stored.
 
     A warning status counts as stored (PS3.7 C.1.2). The files are sent as
-    they are when the peer accepts their transfer syntax.
+    they are when the peer accepts their transfer syntax, else decompressed
+    (PS3.5 10: every SCP accepts a little endian syntax).
     """
     datasets = [dcmread(path) for path in paths]
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
     assoc = _association(destination, calling_ae, contexts, timeout_s)
     try:
         for ds in datasets:
+            _fit_to_context(assoc, ds)
             status = assoc.send_c_store(ds)
             code = int(getattr(status, "Status", -1)) if status else -1
             if not Status.is_acknowledged(code):

@@ -18,7 +18,6 @@ PostgreSQL port changes only this module.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from service.db import Connection, Database, DatabaseError, Row, transaction
 
 
 class StoreError(Exception):
@@ -136,59 +137,11 @@ class Association:
 ASSOCIATION_OUTCOMES = ("open", "released", "aborted", "rejected")
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sop_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    calling_ae_title TEXT NOT NULL,
-    association_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    first_send_failure_at REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    timings TEXT NOT NULL DEFAULT '{}',
-    results TEXT NOT NULL DEFAULT '{}',
-    delivered TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS jobs_sop ON jobs (sop_instance_uid);
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS job_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL,
-    at REAL NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
-CREATE INDEX IF NOT EXISTS job_events_state ON job_events (state, at);
-CREATE TABLE IF NOT EXISTS associations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    association_id TEXT NOT NULL,
-    calling_ae_title TEXT NOT NULL,
-    address TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    instances INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS associations_started ON associations (started_at);
-CREATE INDEX IF NOT EXISTS associations_open ON associations (association_id, ended_at);
-"""
-# 2: job_events and associations (new tables only, created above for older stores too).
-SCHEMA_VERSION = 2
+# The schema lives in Alembic migrations: service/migrations/versions/.
 _JSON_COLUMNS = ("timings", "results", "delivered")
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
+def _row_to_job(row: Row) -> Job:
     values = dict(row)
     for column in _JSON_COLUMNS:
         values[column] = json.loads(values[column])
@@ -196,8 +149,14 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     return Job(**values)
 
 
-def _row_to_association(row: sqlite3.Row) -> Association:
+def _row_to_association(row: Row) -> Association:
     return Association(**dict(row))
+
+
+def _count(conn: Connection, query: str, args: Sequence[Any] = ()) -> int:
+    """The single number a COUNT or MAX query answers (0 for NULL)."""
+    row = conn.execute(query, args).fetchone()
+    return int(row[0] or 0) if row is not None else 0
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -232,51 +191,43 @@ def _filter_sql(where: JobFilter) -> tuple[str, list[Any]]:
 
 
 class JobStore:
-    """Thread-safe access to the SQLite job table (one connection per thread)."""
+    """Thread-safe access to the job tables (one connection per thread).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    ``database`` is a :class:`service.db.Database` (SQLite or PostgreSQL) or,
+    for the embedded default and tests, the path of an SQLite file.
+    """
+
+    def __init__(self, database: Database | Path) -> None:
+        self.database = database if isinstance(database, Database) else Database.sqlite(database)
+        self.backend = self.database.backend
         self._local = threading.local()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection().executescript(_SCHEMA)
-            with self._transaction() as conn:
-                if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                    conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-                else:
-                    conn.execute(
-                        "UPDATE schema_version SET version = ? WHERE version < ?",
-                        (SCHEMA_VERSION, SCHEMA_VERSION),
-                    )
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the job store at {path}: {exc}") from exc
+            self.database.migrate()
+            self._connection()
+        except DatabaseError as exc:
+            raise StoreError(f"cannot open the job store: {exc}") from exc
 
-    def _connection(self) -> sqlite3.Connection:
+    @property
+    def path(self) -> Path:
+        """The SQLite file, or for PostgreSQL the URL without its password."""
+        if self.backend.dialect == "sqlite":
+            return self.database.sqlite_path
+        return Path(self.database.display)
+
+    def _connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = self.database.connect()
             self._local.conn = conn
         return conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _transaction(self) -> Iterator[Connection]:
+        with transaction(self._connection()) as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     @staticmethod
-    def _event(
-        conn: sqlite3.Connection, job_id: int, state: JobState, at: float, detail: str = ""
-    ) -> None:
+    def _event(conn: Connection, job_id: int, state: JobState, at: float, detail: str = "") -> None:
         conn.execute(
             "INSERT INTO job_events (job_id, at, state, detail) VALUES (?,?,?,?)",
             (job_id, at, state.value, detail),
@@ -302,7 +253,8 @@ class JobStore:
             cur = conn.execute(
                 "INSERT INTO jobs (sop_instance_uid, sop_class_uid, study_instance_uid, "
                 "series_instance_uid, transfer_syntax_uid, calling_ae_title, association_id, "
-                "path, state, created_at, updated_at, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "path, state, created_at, updated_at, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                "RETURNING id",
                 (
                     new.sop_instance_uid,
                     new.sop_class_uid,
@@ -318,7 +270,7 @@ class JobStore:
                     json.dumps({"received_at": now}),
                 ),
             )
-            job_id = int(cur.lastrowid or 0)
+            job_id = int(cur.fetchone()["id"])  # type: ignore[index]
             self._event(conn, job_id, JobState.RECEIVED, now)
             return job_id, True
 
@@ -331,7 +283,8 @@ class JobStore:
         with self._transaction() as conn:
             row = conn.execute(
                 f"SELECT * FROM jobs WHERE state IN ({marks}) "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT 1",
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT 1"
+                + self.backend.skip_locked,
                 (*[s.value for s in states], now),
             ).fetchone()
             if row is None:
@@ -578,8 +531,8 @@ class JobStore:
             f"SELECT * FROM associations{where} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         ).fetchall()
-        total = conn.execute(f"SELECT COUNT(*) FROM associations{where}", args).fetchone()[0]
-        return [_row_to_association(r) for r in rows], int(total)
+        total = _count(conn, f"SELECT COUNT(*) FROM associations{where}", args)
+        return [_row_to_association(r) for r in rows], total
 
     def association_counts(self) -> dict[str, int]:
         rows = (
@@ -604,8 +557,8 @@ class JobStore:
         rows = conn.execute(
             f"SELECT * FROM jobs{sql} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
         ).fetchall()
-        total = conn.execute(f"SELECT COUNT(*) FROM jobs{sql}", args).fetchone()[0]
-        return [_row_to_job(row) for row in rows], int(total)
+        total = _count(conn, f"SELECT COUNT(*) FROM jobs{sql}", args)
+        return [_row_to_job(row) for row in rows], total
 
     def events(self, job_id: int) -> list[JobEvent]:
         """The job's state changes, oldest first."""
@@ -632,7 +585,7 @@ class JobStore:
         if job_id is not None:
             query += " AND job_id = ?"
             args.append(job_id)
-        return int(self._connection().execute(query, args).fetchone()[0])
+        return _count(self._connection(), query, args)
 
     def event_times(self, state: JobState, *, since: float) -> list[float]:
         """When jobs entered ``state`` since a time (throughput), oldest first."""
@@ -675,29 +628,22 @@ class JobStore:
         return [(int(r["id"]), json.loads(r["timings"])) for r in rows]
 
     def last_event_id(self) -> int:
-        row = self._connection().execute("SELECT MAX(id) FROM job_events").fetchone()
-        return int(row[0] or 0)
+        return _count(self._connection(), "SELECT MAX(id) FROM job_events")
 
     def queue_depth(self, *, now: float | None = None) -> int:
         """Jobs waiting for a worker: RECEIVED, and RETRYING whose next attempt is due."""
         now = time.time() if now is None else now
-        row = (
-            self._connection()
-            .execute(
-                "SELECT COUNT(*) FROM jobs WHERE state = ? OR (state = ? AND "
-                "(next_attempt_at IS NULL OR next_attempt_at <= ?))",
-                (JobState.RECEIVED.value, JobState.RETRYING.value, now),
-            )
-            .fetchone()
+        return _count(
+            self._connection(),
+            "SELECT COUNT(*) FROM jobs WHERE state = ? OR (state = ? AND "
+            "(next_attempt_at IS NULL OR next_attempt_at <= ?))",
+            (JobState.RECEIVED.value, JobState.RETRYING.value, now),
         )
-        return int(row[0])
 
     def delivered_count(self, destination: str) -> int:
         """Jobs whose results reached ``destination``."""
         sql, args = _filter_sql(JobFilter(destination=destination))
-        return int(
-            self._connection().execute(f"SELECT COUNT(*) FROM jobs{sql}", args).fetchone()[0]
-        )
+        return _count(self._connection(), f"SELECT COUNT(*) FROM jobs{sql}", args)
 
     def get(self, job_id: int) -> Job | None:
         row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -726,8 +672,8 @@ class JobStore:
         """Readiness: can we still write a transaction?"""
         try:
             with self._transaction() as conn:
-                conn.execute("UPDATE schema_version SET version = version")
-        except sqlite3.Error:
+                conn.execute("UPDATE alembic_version SET version_num = version_num")
+        except Exception:  # noqa: BLE001 - any backend error means "not writable"
             return False
         return True
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from service.store import (
-    SCHEMA_VERSION,
     JobConflict,
     JobFilter,
     JobNotFound,
@@ -247,16 +246,33 @@ def test_association_audit(store: JobStore) -> None:
         store.association_closed("assoc-a", 1, "exploded")
 
 
-def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
+def test_a_store_from_before_migrations_is_adopted(tmp_path: Path) -> None:
+    """A version-1 SQLite store (jobs table only, schema_version) keeps its jobs."""
     path = tmp_path / "jobs.sqlite3"
     conn = sqlite3.connect(path)
     conn.executescript(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, sop_instance_uid TEXT NOT NULL,"
+        " sop_class_uid TEXT NOT NULL, study_instance_uid TEXT NOT NULL,"
+        " series_instance_uid TEXT NOT NULL, transfer_syntax_uid TEXT NOT NULL,"
+        " calling_ae_title TEXT NOT NULL, association_id TEXT NOT NULL, path TEXT NOT NULL,"
+        " state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL"
+        " DEFAULT 0, next_attempt_at REAL, first_send_failure_at REAL, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, timings TEXT NOT NULL DEFAULT '{}', results TEXT NOT NULL"
+        " DEFAULT '{}', delivered TEXT NOT NULL DEFAULT '[]');"
+        "INSERT INTO jobs (sop_instance_uid, sop_class_uid, study_instance_uid,"
+        " series_instance_uid, transfer_syntax_uid, calling_ae_title, association_id, path,"
+        " state, created_at, updated_at) VALUES ('1.2.3', '1.2', '1.3', '1.4', '1.2.840.10008.1.2',"
+        " 'PACS', 'a', '/x', 'DONE', 1.0, 1.0);"
         "CREATE TABLE schema_version (version INTEGER NOT NULL);"
         "INSERT INTO schema_version VALUES (1);"
     )
     conn.close()
     store = JobStore(path)
-    version = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == SCHEMA_VERSION
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "schema_version" not in tables and {"job_events", "associations"} <= tables
+    assert store.get(1).sop_instance_uid == "1.2.3"  # type: ignore[union-attr]
     store.association_opened("assoc-a", "PACS", "127.0.0.1")
     assert store.associations()[1] == 1
+    assert store.is_writable()
