@@ -1,209 +1,138 @@
-"""The HTTP side: health, readiness, the jobs API and a first HTML page.
+"""The HTTP side: the REST API (``service.api``), the dashboard (``service.web``), docs.
 
-Routes return their schema types; errors are RFC 9457 problem JSON. No
-patient names, IDs or birth dates appear in any response.
+``create_app(node)`` is what the wiring calls. Routes return their schema
+types; every error is RFC 9457 problem JSON (pages send the browser to
+``/login`` instead of a 401). No patient names, IDs or birth dates appear in
+any response unless ``show_patient_data`` is set. Static assets, the API docs
+included, are served from ``service/static``: nothing comes from a CDN.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
+import asyncio
 from pathlib import Path
-from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.inference import Segmenter
-from service.store import Job, JobState, JobStore
+from service.access import AccessPolicy
+from service.api import jobs, segment, system
+from service.api.deps import (
+    Check,
+    Listening,
+    NodeDep,
+    NodeState,
+    Readiness,
+    get_node,
+    problem,
+    readiness,
+)
+from service.api.schemas import JobOut, JobPage
+from service.api.segment import CONCURRENT_UPLOADS
+from service.metrics import build_registry
+from service.web import pages
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+__all__ = [
+    "Check",
+    "JobOut",
+    "JobPage",
+    "Listening",
+    "NodeDep",
+    "NodeState",
+    "Readiness",
+    "create_app",
+    "get_node",
+    "problem",
+    "readiness",
+]
 
-
-class Listening(Protocol):
-    @property
-    def listening(self) -> bool: ...
-
-
-@dataclass
-class NodeState:
-    """What the HTTP side may look at; built by the wiring in service.node."""
-
-    store: JobStore
-    segmenter: Segmenter | None
-    scp: Listening | None
-    data_dir: Path
-    min_free_mb: int
-    version: str
-
-
-class JobOut(BaseModel):
-    id: int
-    state: JobState
-    reason: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    calling_ae_title: str
-    attempts: int
-    next_attempt_at: float | None
-    created_at: float
-    updated_at: float
-    timings: dict[str, float]
-    result_uids: dict[str, str]
-    lesion_pixels: int | None
-    delivered_to: list[str]
-
-    @classmethod
-    def of(cls, job: Job) -> JobOut:
-        return cls(
-            id=job.id,
-            state=job.state,
-            reason=job.reason,
-            sop_instance_uid=job.sop_instance_uid,
-            sop_class_uid=job.sop_class_uid,
-            study_instance_uid=job.study_instance_uid,
-            series_instance_uid=job.series_instance_uid,
-            transfer_syntax_uid=job.transfer_syntax_uid,
-            calling_ae_title=job.calling_ae_title,
-            attempts=job.attempts,
-            next_attempt_at=job.next_attempt_at,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            timings=job.timings,
-            result_uids=job.results.get("uids", {}),
-            lesion_pixels=job.results.get("lesion_pixels"),
-            delivered_to=job.delivered,
-        )
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
-class JobPage(BaseModel):
-    items: list[JobOut]
-    limit: int
-    offset: int
-    counts: dict[str, int]
+def _install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_problem(request: Request, exc: StarletteHTTPException) -> Response:
+        response = problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
+            for err in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return problem(422, detail or "invalid request", errors=errors)
 
-class Check(BaseModel):
-    name: str
-    ok: bool
-    detail: str
+    @app.exception_handler(pages.LoginRequired)
+    async def _login(request: Request, exc: pages.LoginRequired) -> Response:
+        return pages.login_redirect(request)
 
-
-class Readiness(BaseModel):
-    ready: bool
-    checks: list[Check]
-
-
-def readiness(node: NodeState) -> Readiness:
-    """Model loaded, store writable, SCP listening, disk above the watermark."""
-    free_mb = shutil.disk_usage(node.data_dir).free // (1 << 20) if node.data_dir.exists() else 0
-    model = node.segmenter
-    checks = [
-        Check(
-            name="model",
-            ok=model is not None,
-            detail=f"{model.contract.model_name} {model.contract.model_version}"
-            if model
-            else "no model loaded",
-        ),
-        Check(name="store", ok=node.store.is_writable(), detail=str(node.store.path.name)),
-        Check(
-            name="dicom",
-            ok=bool(node.scp and node.scp.listening),
-            detail="listening" if node.scp and node.scp.listening else "not listening",
-        ),
-        Check(
-            name="disk",
-            ok=free_mb >= node.min_free_mb,
-            detail=f"{free_mb} MB free, watermark {node.min_free_mb} MB",
-        ),
-    ]
-    return Readiness(ready=all(c.ok for c in checks), checks=checks)
-
-
-def get_node(request: Request) -> NodeState:
-    node: NodeState = request.app.state.node
-    return node
-
-
-NodeDep = Annotated[NodeState, Depends(get_node)]
-
-
-def problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        media_type="application/problem+json",
-        content={"type": "about:blank", "title": title, "status": status, "detail": detail},
-    )
+    @app.exception_handler(Exception)
+    async def _internal_problem(request: Request, exc: Exception) -> JSONResponse:
+        # Boundary: the type only; the message could carry data from a file.
+        return problem(500, type(exc).__name__)
 
 
 def create_app(node: NodeState) -> FastAPI:
     app = FastAPI(
         title="mammoseg",
         version=node.version,
-        description="Breast mass segmentation DICOM node: jobs, health and results",
+        description="Breast mass segmentation DICOM node: jobs, statistics, destinations, "
+        "association audit, model, metrics, and segmentation of uploaded images. "
+        "Not for diagnostic use.",
+        docs_url=None,
+        redoc_url=None,
     )
-
     app.state.node = node
+    app.state.access = AccessPolicy.from_settings(node.settings)
+    segmenter = node.segmenter
+    app.state.metrics = build_registry(
+        node.store,
+        node.data_dir,
+        {
+            "name": segmenter.contract.model_name,
+            "version": segmenter.contract.model_version,
+            "sha256": segmenter.sha256,
+        }
+        if segmenter
+        else None,
+    )
+    app.state.upload_slots = asyncio.Semaphore(CONCURRENT_UPLOADS)
+    _install_problem_handlers(app)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(
-            exc.status_code, str(exc.detail) if exc.status_code < 500 else "error", str(exc.detail)
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="mammoseg API",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+            # No validator badge: it would call validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
-    @app.exception_handler(Exception)
-    async def _internal_problem(request: Request, exc: Exception) -> JSONResponse:
-        return problem(500, "Internal Server Error", type(exc).__name__)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=Readiness)
-    def readyz(node: NodeDep) -> Any:
-        ready = readiness(node)
-        return JSONResponse(status_code=200 if ready.ready else 503, content=ready.model_dump())
-
-    @app.get("/api/v1/jobs", response_model=JobPage)
-    def list_jobs(
-        node: NodeDep,
-        state: JobState | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> JobPage:
-        jobs = node.store.list(state=state, limit=limit, offset=offset)
-        return JobPage(
-            items=[JobOut.of(j) for j in jobs],
-            limit=limit,
-            offset=offset,
-            counts=node.store.counts(),
-        )
-
-    @app.get("/api/v1/jobs/{job_id}", response_model=JobOut)
-    def get_job(job_id: int, node: NodeDep) -> JobOut:
-        job = node.store.get(job_id)
-        if job is None:
-            raise HTTPException(status_code=404, detail=f"job {job_id} does not exist")
-        return JobOut.of(job)
-
-    @app.get("/", response_class=HTMLResponse)
-    def jobs_page(request: Request, node: NodeDep) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(
-            request,
-            "jobs.html",
-            {
-                "jobs": [JobOut.of(j) for j in node.store.list(limit=100)],
-                "counts": node.store.counts(),
-                "ready": readiness(node),
-                "version": node.version,
-            },
-        )
-
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(system.router)
+    app.include_router(jobs.router)
+    app.include_router(segment.router)
+    app.include_router(pages.router)
     return app

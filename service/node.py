@@ -12,21 +12,29 @@ import contextlib
 import logging
 import queue
 import signal
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from dicom_node.provenance import Provenance
-from dicom_node.scp import ReceivedInstance, ScpConfig, StorageSCP, TlsConfig
+from dicom_node.scp import (
+    AssociationEvents,
+    ReceivedInstance,
+    ScpConfig,
+    StorageSCP,
+    TlsConfig,
+)
 from dicom_node.spool import remove_partial_files
 from service import __version__
 from service.app import NodeState, create_app
 from service.inference import Segmenter, load_segmenter
 from service.pipeline import PipelineOptions
 from service.settings import Settings
-from service.store import JobStore, NewJob
+from service.store import JobStore, NewJob, StoreError
 from service.worker import RetryPolicy, Sender, Worker, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,25 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
         )
 
     return commit
+
+
+def association_audit(store: JobStore) -> AssociationEvents:
+    """The SCP's association callbacks: one audit row per association in the store."""
+
+    def guarded(record: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            try:
+                record(*args)
+            except (StoreError, sqlite3.Error, OSError):  # the audit never breaks an association
+                log.exception("association audit not written")
+
+        return call
+
+    return AssociationEvents(
+        on_accepted=guarded(store.association_opened),
+        on_rejected=guarded(store.association_rejected),
+        on_closed=guarded(store.association_closed),
+    )
 
 
 def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOptions:
@@ -157,6 +184,7 @@ def start_node(settings: Settings) -> Node:
             tls=tls_config(settings),
         ),
         job_sink(store),
+        association_audit(store),
     )
     try:
         scp.start()
@@ -196,6 +224,7 @@ def run_node(settings: Settings) -> None:
             data_dir=settings.data_dir,
             min_free_mb=settings.min_free_mb,
             version=__version__,
+            settings=settings,
         )
     )
     server = _HttpServer(

@@ -200,8 +200,10 @@ def test_http_reports_jobs_and_readiness(tmp_path: Path, destination: Destinatio
         data_dir=node.settings.data_dir,
         min_free_mb=0,
         version="test",
+        settings=node.settings,
     )
-    client = TestClient(create_app(state))
+    # A local client: the default read_access ("loopback") lets it read without a token.
+    client = TestClient(create_app(state), client=("127.0.0.1", 50000))
     try:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200

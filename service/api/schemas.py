@@ -1,0 +1,246 @@
+"""What the REST API answers (pydantic at the edge). No patient data unless allowed.
+
+Times are seconds since the epoch (UTC), durations are seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.stats import ALL_STAGES, StageLatency, stage_durations, stage_end_times
+from service.store import Association, Job, JobEvent, JobState
+
+
+class JobOut(BaseModel):
+    id: int
+    state: JobState
+    reason: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae_title: str
+    attempts: int = Field(description="Failed delivery attempts so far")
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    timings: dict[str, float] = Field(description="Raw timestamps (*_at) and durations (*_s)")
+    result_uids: dict[str, str] = Field(description="Kind of result (seg, sc, ...) -> SOP UID")
+    lesion_pixels: int | None
+    delivered_to: list[str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            state=job.state,
+            reason=job.reason,
+            sop_instance_uid=job.sop_instance_uid,
+            sop_class_uid=job.sop_class_uid,
+            study_instance_uid=job.study_instance_uid,
+            series_instance_uid=job.series_instance_uid,
+            transfer_syntax_uid=job.transfer_syntax_uid,
+            calling_ae_title=job.calling_ae_title,
+            attempts=job.attempts,
+            next_attempt_at=job.next_attempt_at,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            timings=job.timings,
+            result_uids=job.results.get("uids", {}),
+            lesion_pixels=job.results.get("lesion_pixels"),
+            delivered_to=job.delivered,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int = Field(description="Jobs matching the filter, over all pages")
+    limit: int
+    offset: int
+    counts: dict[str, int] = Field(description="All jobs per state, whatever the filter")
+
+
+class StageOut(BaseModel):
+    stage: str = Field(description="received (queue wait), decoded, inferred, built, sent")
+    seconds: float | None
+    ended_at: float | None
+
+
+class EventOut(BaseModel):
+    at: float
+    state: JobState
+    detail: str
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventOut:
+        return cls(at=event.at, state=event.state, detail=event.detail)
+
+
+class PatientOut(BaseModel):
+    """Only with ``show_patient_data`` (trusted networks)."""
+
+    name: str
+    id: str
+    birth_date: str
+
+
+class JobDetail(JobOut):
+    stages: list[StageOut]
+    total_s: float | None = Field(description="Received to DONE")
+    retries: int = Field(description="Times the job went to RETRYING (automatic and by hand)")
+    events: list[EventOut]
+    can_retry: bool
+    can_reprocess: bool
+    patient: PatientOut | None = None
+
+    @classmethod
+    def detail(
+        cls, job: Job, events: list[JobEvent], *, patient: PatientOut | None = None
+    ) -> JobDetail:
+        from service.store import RETRYABLE, TERMINAL
+
+        durations = stage_durations(job.timings)
+        ends = stage_end_times(job.timings)
+        return cls(
+            **JobOut.of(job).model_dump(),
+            stages=[
+                StageOut(stage=s, seconds=durations.get(s), ended_at=ends.get(s))
+                for s in ALL_STAGES
+                if s != "total"
+            ],
+            total_s=durations.get("total"),
+            retries=sum(1 for e in events if e.state is JobState.RETRYING),
+            events=[EventOut.of(e) for e in events],
+            can_retry=job.state in RETRYABLE and bool(job.results.get("files")),
+            can_reprocess=job.state in TERMINAL,
+            patient=patient,
+        )
+
+
+class StageLatencyOut(BaseModel):
+    stage: str
+    count: int
+    p50_s: float | None
+    p95_s: float | None
+
+    @classmethod
+    def of(cls, latency: StageLatency) -> StageLatencyOut:
+        return cls(**latency.__dict__)
+
+
+class Throughput(BaseModel):
+    bucket_s: float
+    done: list[int] = Field(description="Jobs DONE per bucket, oldest first")
+
+
+class StatsOut(BaseModel):
+    window_s: float
+    since: float
+    until: float
+    counts: dict[str, int] = Field(description="All jobs per state now")
+    queue_depth: int
+    received: int = Field(description="Jobs received in the window")
+    done: int
+    failed: int
+    skipped: int
+    retries: int
+    images_per_minute: float = Field(description="Jobs DONE per minute over the window")
+    latency: list[StageLatencyOut]
+    throughput: Throughput
+
+
+class DestinationOut(BaseModel):
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    delivered_jobs: int
+
+
+class EchoOut(BaseModel):
+    destination: str
+    ok: bool
+    status: int | None = Field(description="DIMSE status of the C-ECHO response")
+    detail: str
+    seconds: float
+
+
+class AssociationOut(BaseModel):
+    id: int
+    association_id: str
+    calling_ae_title: str
+    address: str
+    started_at: float
+    ended_at: float | None
+    instances: int
+    outcome: str
+
+    @classmethod
+    def of(cls, row: Association) -> AssociationOut:
+        return cls(**row.__dict__)
+
+
+class AssociationPage(BaseModel):
+    items: list[AssociationOut]
+    total: int
+    limit: int
+    offset: int
+    counts: dict[str, int]
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    file_name: str
+    file_bytes: int
+    threshold_in_use: float
+    contract: dict[str, Any]
+
+
+class BoundingBox(BaseModel):
+    top: int
+    left: int
+    bottom: int = Field(description="Exclusive")
+    right: int = Field(description="Exclusive")
+
+
+class LesionOut(BaseModel):
+    number: int
+    area_px: int
+    area_mm2: float | None
+    bbox: BoundingBox
+    width_mm: float | None
+    height_mm: float | None
+    centroid_row: float
+    centroid_col: float
+    mean_probability: float
+    max_probability: float
+
+
+class ImageInfo(BaseModel):
+    format: str
+    width: int
+    height: int
+    pixel_spacing_mm: list[float] | None
+    spacing_source: str | None = Field(
+        description="PixelSpacing, ImagerPixelSpacing, parameter, or null (areas in pixels)"
+    )
+
+
+class SegmentOut(BaseModel):
+    model: str
+    model_version: str
+    threshold: float
+    image: ImageInfo
+    lesions: list[LesionOut]
+    mask_area_px: int
+    mask_area_mm2: float | None
+    max_probability: float
+    seconds: dict[str, float]
+    mask_png: str = Field(description="Base64 PNG at the image matrix, 255 inside the mask")
+    overlay_png: str = Field(description="Base64 PNG, red overlay at alpha 0.4, downscaled")
+    warning: str

@@ -1,0 +1,108 @@
+"""Prometheus metrics, read from the job store when scraped (prometheus-client).
+
+Nothing in the worker or the SCP has to call a metrics function: counts and
+gauges come from the store's tables, and the stage histograms are fed, at each
+scrape, with the jobs that became DONE since the previous one (the store's
+``job_events`` ids are the cursor). Histograms therefore count from the start
+of this process, as Prometheus expects of a histogram; the association and
+retry counters come from the audit tables and survive restarts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from service.stats import ALL_STAGES, stage_durations
+from service.store import JobState, JobStore
+
+STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class NodeCollector(Collector):
+    """One collector for everything the node exposes."""
+
+    def __init__(self, store: JobStore, data_dir: Path, model: dict[str, str] | None) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.model = model
+        self._lock = threading.Lock()
+        self._cursor = store.last_event_id()
+        self._stages = Histogram(
+            "mammoseg_stage_seconds",
+            "Seconds per stage of the jobs that finished (DONE) since the node started",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=None,
+        )
+        for stage in ALL_STAGES:
+            self._stages.labels(stage=stage)
+
+    def _observe_finished(self) -> None:
+        with self._lock:
+            while batch := self.store.finished_after(self._cursor):
+                for event_id, timings in batch:
+                    for stage, seconds in stage_durations(timings).items():
+                        self._stages.labels(stage=stage).observe(seconds)
+                    self._cursor = event_id
+
+    def collect(self) -> Iterator[Metric]:
+        self._observe_finished()
+        yield from self._stages.collect()
+
+        jobs = GaugeMetricFamily("mammoseg_jobs", "Jobs in each state now", labels=["state"])
+        for state, count in self.store.counts().items():
+            jobs.add_metric([state], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "mammoseg_queue_depth",
+            "Jobs waiting for a worker (RECEIVED, and RETRYING whose attempt is due)",
+            value=self.store.queue_depth(),
+        )
+        associations = CounterMetricFamily(
+            "mammoseg_associations",
+            "DICOM associations by outcome (open ones are counted as open)",
+            labels=["outcome"],
+        )
+        for outcome, count in self.store.association_counts().items():
+            associations.add_metric([outcome], count)
+        yield associations
+        yield CounterMetricFamily(
+            "mammoseg_retries",
+            "Times a job was put to RETRYING (failed sends and admin retries)",
+            value=self.store.event_count(JobState.RETRYING),
+        )
+        finished = CounterMetricFamily(
+            "mammoseg_jobs_finished", "Jobs that reached a final state", labels=["state"]
+        )
+        for state in (JobState.DONE, JobState.FAILED, JobState.SKIPPED):
+            finished.add_metric([state.value], self.store.event_count(state))
+        yield finished
+        free = shutil.disk_usage(self.data_dir).free if self.data_dir.exists() else 0
+        yield GaugeMetricFamily(
+            "mammoseg_free_disk_bytes", "Free bytes on the data directory's disk", value=free
+        )
+        if self.model:
+            info = InfoMetricFamily("mammoseg_model", "The loaded model")
+            info.add_metric([], self.model)
+            yield info
+
+
+def build_registry(
+    store: JobStore, data_dir: Path, model: dict[str, str] | None
+) -> CollectorRegistry:
+    """A registry of its own per app, so tests and several apps never share state."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(store, data_dir, model))
+    return registry
