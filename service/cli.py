@@ -12,17 +12,25 @@ from service import __version__
 TRAIN_COMMANDS = ("train", "evaluate", "export", "make-dataset")
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="run the DICOM node, the workers and the HTTP server")
+def _node_options(p: argparse.ArgumentParser, *, network: bool) -> None:
+    """Flags shared by ``serve`` and ``worker``; each is also a setting (deploy/README.md)."""
     p.add_argument("--config", type=Path, help="TOML config file (also MAMMOSEG_CONFIG)")
     p.add_argument(
         "--data-dir", type=Path, help="spool, outbox and job store (default ./mammoseg-data)"
     )
     p.add_argument("--ae-title", help="this node's AE title (default MAMMOSEG)")
-    p.add_argument("--dicom-host", help="address the SCP binds (default 127.0.0.1)")
-    p.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
-    p.add_argument("--http-host", help="address the HTTP server binds (default 127.0.0.1)")
-    p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    if network:
+        p.add_argument("--dicom-host", help="address the SCP binds (default 127.0.0.1)")
+        p.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+        p.add_argument("--http-host", help="address the HTTP server binds (default 127.0.0.1)")
+        p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+        p.add_argument(
+            "--allowed-caller",
+            action="append",
+            dest="allowed_callers",
+            metavar="AET",
+            help="calling AE title allowed to associate (repeatable; none: any)",
+        )
     p.add_argument(
         "--destination",
         action="append",
@@ -30,51 +38,56 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="AET@HOST:PORT",
         help="where results go (repeatable)",
     )
-    p.add_argument(
-        "--allowed-caller",
-        action="append",
-        dest="allowed_callers",
-        metavar="AET",
-        help="calling AE title allowed to associate (repeatable; none: any)",
-    )
     p.add_argument("--model-path", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--workers", type=int, help="worker threads (default 1)")
+    p.add_argument("--database-url", help="postgresql://... (default: SQLite in the data dir)")
+    p.add_argument("--worker-id", help="names this process's claims (default: host name)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the DICOM node, the workers and the HTTP server")
+    _node_options(p, network=True)
+    p = sub.add_parser(
+        "worker",
+        help="run workers only (scale-out: a shared PostgreSQL store and spool)",
+    )
+    _node_options(p, network=False)
+
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from service.bench import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="measure the model, the node end to end, throughput, receive and memory",
+        description="Print a table of figures taken in one run (docs/performance.md).",
+    )
+    add_arguments(p)
+
+
 def serve(args: argparse.Namespace) -> int:
+    """``serve`` and ``worker``: settings from flags/env/file, then run until SIGTERM."""
     import os
 
     from service.contract import ContractError
     from service.logs import configure_logging
-    from service.node import run_node
-    from service.settings import SettingsError, load_settings
+    from service.node import run_node, run_worker
+    from service.settings import Settings, SettingsError, load_settings
     from service.store import StoreError
 
     config = args.config or (
         Path(os.environ["MAMMOSEG_CONFIG"]) if os.environ.get("MAMMOSEG_CONFIG") else None
     )
-    keys = (
-        "data_dir",
-        "ae_title",
-        "dicom_host",
-        "dicom_port",
-        "http_host",
-        "http_port",
-        "destinations",
-        "allowed_callers",
-        "model_path",
-        "workers",
-        "log_level",
-    )
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
-        settings = load_settings(config, **{k: getattr(args, k) for k in keys})
+        settings = load_settings(config, **overrides)
     except SettingsError as exc:
         print(f"mammoseg: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        run_node(settings)
+        (run_node if args.command == "serve" else run_worker)(settings)
     except ContractError as exc:
         logging.getLogger("service").error("cannot start: %s", exc)
         print(f"mammoseg: cannot start: {exc}", file=sys.stderr)
@@ -101,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"mammoseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _bench_parser(sub)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (training side; needs the train extra)", add_help=False)
     args = parser.parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         return serve(args)
+    if args.command == "bench":
+        from service.bench import main as bench_main
+
+        return bench_main(args)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -1,0 +1,451 @@
+"""The end-to-end parts of ``mammoseg bench``: the node and DCMTK as processes on loopback.
+
+- **latency**: one full-size image at a time sent with DCMTK ``storescu`` to
+  ``mammoseg serve``, whose results go to a DCMTK ``storescp``; each job's
+  timings (``/api/v1/jobs``) split the time from launching storescu to the
+  job's DONE into stages.
+- **throughput**: many images over several concurrent associations; images
+  per minute from the first byte sent to the last job DONE. The node's RSS is
+  sampled meanwhile from ``/proc``; its memory map shows whether TensorFlow
+  was ever loaded.
+- **receive**: the same files stored by the node (workers parked by a long
+  poll interval, so it only receives) and by ``storescp --fork``.
+- **profile**: py-spy samples the node while it works through images.
+
+Everything binds 127.0.0.1 on free ports and is stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NODE_AET = "MAMMOSEG"
+DEST_AET = "BENCHDEST"
+SENDER_AET = "BENCHSCU"
+#: Job stages in pipeline order; ``other`` is what the timings do not account for.
+STAGES = ("receive", "queue", "decode", "preprocess", "infer", "build", "send", "other")
+TERMINAL_STATES = ("DONE", "FAILED", "SKIPPED")
+#: Long enough that parked workers never look for work during a receive run.
+PARKED_POLL_INTERVAL_S = 3600
+
+
+class BenchError(RuntimeError):
+    """A part of the bench could not run (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Dcmtk:
+    storescu: str
+    storescp: str
+
+
+def find_dcmtk() -> Dcmtk:
+    """DCMTK's storescu and storescp, or a :class:`BenchError` saying how to get them."""
+    storescu, storescp = shutil.which("storescu"), shutil.which("storescp")
+    if storescu is None or storescp is None:
+        raise BenchError(
+            "DCMTK is not installed (storescu/storescp not on PATH): "
+            "apt-get install dcmtk, or skip with --sections model"
+        )
+    return Dcmtk(storescu=storescu, storescp=storescp)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{what} did not listen on port {port} within {timeout_s:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if it has not stopped within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)
+
+
+@contextmanager
+def storescp(tools: Dcmtk, folder: Path, *, aet: str = DEST_AET) -> Iterator[int]:
+    """DCMTK storescp (one child per association, every transfer syntax); yields its port."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with (folder.parent / f"{folder.name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [tools.storescp, "--fork", "-aet", aet, "-od", str(folder), "+xa", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, proc, 20, "storescp")
+            yield port
+        finally:
+            stop_process(proc)
+
+
+def send(tools: Dcmtk, port: int, files: Sequence[Path], *, called: str) -> subprocess.Popen[bytes]:
+    """Start storescu sending ``files`` over one association."""
+    return subprocess.Popen(
+        [tools.storescu, "-aet", SENDER_AET, "-aec", called, "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def split(items: Sequence[Path], parts: int) -> list[list[Path]]:
+    """``items`` dealt round-robin into ``parts`` non-empty lists (fewer if too few items)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    return [list(items[i::parts]) for i in range(min(parts, len(items)))]
+
+
+def send_all(
+    tools: Dcmtk, port: int, files: Sequence[Path], *, called: str, associations: int
+) -> float:
+    """Send over ``associations`` concurrent storescu processes; seconds until all are stored."""
+    start = time.perf_counter()
+    procs = [send(tools, port, chunk, called=called) for chunk in split(files, associations)]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            errors.append(err.decode(errors="replace").strip()[-300:])
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise BenchError(f"storescu failed: {errors[0]}")
+    return elapsed
+
+
+# --------------------------------------------------------------------------- the node
+
+
+@dataclass
+class NodeHandle:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    dicom_port: int
+    data_dir: Path
+    log_path: Path
+    token: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")  # noqa: S310
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def jobs(self, *, newest: int | None = None) -> list[dict[str, Any]]:
+        """Every job (or the ``newest`` few) as the REST API lists them."""
+        items: list[dict[str, Any]] = []
+        limit = min(500, newest) if newest else 500
+        while True:
+            page = self.get(f"/api/v1/jobs?limit={limit}&offset={len(items)}")["items"]
+            items.extend(page)
+            if len(page) < limit or (newest and len(items) >= newest):
+                return items
+
+    def status_kb(self, field_name: str) -> int:
+        """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM)."""
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"/proc/{self.pid}/status has no {field_name}")
+        return int(match.group(1))
+
+    def tensorflow_mapped(self) -> list[str]:
+        """Shared objects of TensorFlow in the node's memory map (empty: never loaded)."""
+        maps = Path(f"/proc/{self.pid}/maps").read_text()
+        return sorted({line.split()[-1] for line in maps.splitlines() if "tensorflow" in line})
+
+
+@contextmanager
+def running_node(
+    work: Path,
+    *,
+    destination: str | None,
+    env: dict[str, str],
+    model_path: Path | None,
+    token: str | None,
+    ready_timeout_s: float = 180,
+    stop_timeout_s: float = 60,
+) -> Iterator[NodeHandle]:
+    """``python -m service serve`` on free loopback ports, ready (``/readyz``) when yielded."""
+    work.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    data_dir = work / "node-data"
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--dicom-host",
+        "127.0.0.1",
+        "--dicom-port",
+        str(dicom_port),
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--ae-title",
+        NODE_AET,
+    ]
+    if destination:
+        command += ["--destination", destination]
+    if model_path is not None:
+        command += ["--model-path", str(model_path)]
+    log_path = work / "node.log"
+    package_root = Path(__file__).resolve().parents[1]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=package_root,
+        )
+        node = NodeHandle(proc, http_port, dicom_port, data_dir, log_path, token)
+        try:
+            _wait_ready(node, ready_timeout_s)
+            yield node
+        finally:
+            stop_process(proc, timeout_s=stop_timeout_s)
+
+
+def _wait_ready(node: NodeHandle, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if node.proc.poll() is not None:
+            tail = node.log_path.read_text(errors="replace")[-1500:]
+            raise BenchError(f"the node exited with status {node.proc.returncode}:\n{tail}")
+        try:
+            if node.get("/readyz").get("ready"):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise BenchError(
+                    "the node's read API wants a token: pass --token (a viewer token)"
+                ) from exc
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"the node was not ready within {timeout_s:.0f} s (log: {node.log_path})")
+
+
+def wait_for_jobs(
+    node: NodeHandle, uids: Sequence[str], *, timeout_s: float, interval_s: float = 0.25
+) -> dict[str, dict[str, Any]]:
+    """Poll the REST API until every instance's job is DONE; raise on FAILED or SKIPPED."""
+    wanted = set(uids)
+    deadline = time.monotonic() + timeout_s
+    newest = len(wanted) + 10
+    while True:
+        jobs = {
+            j["sop_instance_uid"]: j
+            for j in node.jobs(newest=newest)
+            if j["sop_instance_uid"] in wanted
+        }
+        finished = {uid: j for uid, j in jobs.items() if j["state"] in TERMINAL_STATES}
+        bad = [j for j in finished.values() if j["state"] != "DONE"]
+        if bad:
+            raise BenchError(f"job {bad[0]['id']} ended {bad[0]['state']}: {bad[0]['reason']}")
+        if len(finished) == len(wanted):
+            return finished
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{len(wanted) - len(finished)} of {len(wanted)} jobs not DONE within "
+                f"{timeout_s:.0f} s (log: {node.log_path})"
+            )
+        time.sleep(interval_s)
+
+
+def stage_times(timings: dict[str, float], submitted_at: float) -> dict[str, float]:
+    """Seconds per stage of one DONE job sent at ``submitted_at`` (wall clock, time.time()).
+
+    receive: storescu launched -> job committed (association, transfer, fsync,
+    commit); queue: committed -> claimed by a worker; decode ... build: the
+    worker's own timings; send: C-STORE of the results; other: the rest of
+    the time to DONE (hand-over to the sender, store updates).
+    """
+    received = timings["received_at"]
+    total = timings["done_at"] - submitted_at
+    stages = {
+        "receive": received - submitted_at,
+        "queue": timings.get("processing_at", received) - received,
+        "decode": timings.get("decode_s", 0.0),
+        "preprocess": timings.get("preprocess_s", 0.0),
+        "infer": timings.get("infer_s", 0.0),
+        "build": timings.get("postprocess_build_s", 0.0),
+        "send": timings.get("send_s", 0.0),
+    }
+    stages["other"] = total - sum(stages.values())
+    stages["total"] = total
+    return stages
+
+
+@dataclass
+class RssSampler:
+    """Samples a node's VmRSS in a thread until stopped; keeps the largest value (kB)."""
+
+    node: NodeHandle
+    interval_s: float = 0.1
+    peak_kb: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kb = max(self.peak_kb, self.node.status_kb("VmRSS"))
+            except (OSError, BenchError):
+                return
+            self._stop.wait(self.interval_s)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def py_spy_path() -> str | None:
+    """py-spy next to this interpreter (a venv) or on PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.is_file() else shutil.which("py-spy")
+
+
+@contextmanager
+def py_spy(pid: int, out: Path, *, rate: int = 100) -> Iterator[None]:
+    """Sample ``pid`` with py-spy (all threads, thread names) until the block ends."""
+    binary = py_spy_path()
+    if binary is None:
+        raise BenchError("py-spy is not installed (pip install py-spy)")
+    with (out.parent / "py-spy.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, "record", "--pid", str(pid), "--threads", "--rate", str(rate)]
+            + ["--format", "raw", "--output", str(out), "--nonblocking"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                raise BenchError(f"py-spy could not attach (see {out.parent / 'py-spy.log'})")
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def frame_name(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py's package path)``, without the line."""
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    file = match.group("file")
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    else:
+        parts = Path(file).parts
+        for anchor in ("service", "dicom_node", "model_export"):
+            if anchor in parts:
+                file = "/".join(parts[parts.index(anchor) :])
+                break
+    return f"{match.group('func')} ({file})"
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    samples: int
+    threads: dict[str, int]  # thread -> samples
+    total: list[tuple[str, int]]  # function -> samples with it anywhere on the stack
+    own: list[tuple[str, int]]  # function -> samples with it on top
+
+
+def summarise_py_spy(raw: str, *, top: int = 15) -> ProfileSummary:
+    """Aggregate py-spy ``--format raw`` output (``a;b;c COUNT`` lines, thread first)."""
+    threads: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0]
+        # Thread start-up frames are on every stack and say nothing.
+        functions = [frame_name(f) for f in frames[1:] if "(threading.py" not in f]
+        samples += count
+        threads[_thread_kind(thread)] += count
+        for name in set(functions):
+            total[name] += count
+        if functions:
+            own[functions[-1]] += count
+    return ProfileSummary(
+        samples, dict(threads.most_common()), total.most_common(top), own.most_common(top)
+    )
+
+
+def _thread_kind(thread: str) -> str:
+    """py-spy's thread label (``thread (123): worker-0``) as a kind: ``worker-N``."""
+    name = thread.split("): ", 1)[1] if "): " in thread else thread
+    return re.sub(r"\d+", "N", name.strip())
