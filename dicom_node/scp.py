@@ -109,6 +109,7 @@ class ScpConfig:
     network_timeout_s: float = 60.0
     max_dataset_bytes: int = 0
     tls: TlsConfig | None = None
+    writer_name: str = ""  # names this process's temp files in a shared spool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,7 +254,7 @@ class StorageSCP:
             log.error("refused %s on %s: free disk below the watermark", sop_instance_uid, assoc_id)
             return Status.OUT_OF_RESOURCES
         path = instance_path(cfg.spool_dir, sop_instance_uid)
-        write_atomically(path, lambda fh: fh.write(encoded))
+        write_atomically(path, lambda fh: fh.write(encoded), owner=cfg.writer_name)
         self.sink(
             ReceivedInstance(
                 path=path,

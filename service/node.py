@@ -31,6 +31,7 @@ from dicom_node.scp import (
 from dicom_node.spool import remove_partial_files
 from service import __version__
 from service.app import NodeState, create_app
+from service.db import Database
 from service.inference import Segmenter, load_segmenter
 from service.pipeline import PipelineOptions
 from service.settings import Settings
@@ -103,6 +104,14 @@ def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOption
         min_lesion_area_mm2=settings.min_lesion_area_mm2,
         threshold=settings.threshold or contract.threshold,
         process_for_processing=settings.process_for_processing,
+        sr_series_number=settings.sr_series_number,
+        seg_series_description=settings.seg_series_description,
+        sc_series_description=settings.sc_series_description,
+        sr_series_description=settings.sr_series_description,
+        sc_compression=settings.sc_compression,
+        voi_index=settings.voi_index,
+        tomosynthesis_policy=settings.tomosynthesis_policy,
+        other_modality_policy=settings.other_modality_policy,
     )
 
 
@@ -136,18 +145,33 @@ def tls_config(settings: Settings) -> TlsConfig | None:
     )
 
 
-def start_node(settings: Settings) -> Node:
-    """Start everything except the HTTP server; raises on a bad model or a busy port."""
+def open_store(settings: Settings) -> JobStore:
+    """The job store, with interrupted work taken back.
+
+    On its own SQLite file a node is the only user, so everything interrupted
+    is its own; on a shared PostgreSQL store it takes back only its own claims
+    (others' stale ones are taken back by the sender loop later).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.database_path)
-    recovered = store.recover()
-    removed = remove_partial_files(settings.spool_dir)
+    if settings.database_url:
+        store = JobStore(Database(settings.database_url))
+        recovered = store.recover(owner=settings.worker_id, stale_after_s=settings.stale_claim_s)
+    else:
+        store = JobStore(settings.database_path)
+        recovered = store.recover()
     log.info(
-        "store ready: %d jobs back to RECEIVED, %d to RETRYING, %d partial files removed",
+        "store %s ready: %d jobs back to RECEIVED, %d to RETRYING",
+        store.backend.dialect,
         recovered["processing"],
         recovered["sending"],
-        removed,
     )
+    return store
+
+
+def start_workers(
+    settings: Settings, store: JobStore
+) -> tuple[Segmenter, list[threading.Thread], threading.Event]:
+    """Load the model (contract checked) and start the workers and the sender."""
     segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
     ctx = WorkerContext(
         store=store,
@@ -162,6 +186,8 @@ def start_node(settings: Settings) -> Node:
             give_up_s=settings.retry_give_up_s,
         ),
         poll_interval_s=settings.poll_interval_s,
+        worker_id=settings.worker_id,
+        stale_claim_s=settings.stale_claim_s if settings.database_url else None,
     )
     stop_event = threading.Event()
     outbox: queue.Queue[int] = queue.Queue()
@@ -171,6 +197,15 @@ def start_node(settings: Settings) -> Node:
     workers.append(Sender(ctx, stop_event, outbox))
     for worker in workers:
         worker.start()
+    return segmenter, workers, stop_event
+
+
+def start_node(settings: Settings) -> Node:
+    """Start everything except the HTTP server; raises on a bad model or a busy port."""
+    store = open_store(settings)
+    removed = remove_partial_files(settings.spool_dir, owner=settings.worker_id)
+    log.info("%d partial files from an interrupted receive removed", removed)
+    segmenter, workers, stop_event = start_workers(settings, store)
     scp = StorageSCP(
         ScpConfig(
             ae_title=settings.ae_title,
@@ -182,6 +217,7 @@ def start_node(settings: Settings) -> Node:
             min_free_bytes=settings.min_free_mb << 20,
             max_dataset_bytes=settings.max_dataset_mb << 20,
             tls=tls_config(settings),
+            writer_name=settings.worker_id,
         ),
         job_sink(store),
         association_audit(store),
@@ -212,6 +248,26 @@ class _HttpServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def run_worker(settings: Settings) -> None:
+    """Workers only (no SCP, no HTTP), for scale-out on a shared store and spool."""
+    if not settings.database_url:
+        log.warning("worker without database_url: it shares only this host's SQLite store")
+    store = open_store(settings)
+    _, workers, stop_event = start_workers(settings, store)
+
+    def request_exit(signum: int, frame: object) -> None:
+        log.info("signal %d received: stopping", signum)
+        stop_event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_exit)
+    log.info("worker %s running %d workers", settings.worker_id, settings.workers)
+    stop_event.wait()
+    for worker in workers:
+        worker.join(timeout=30.0)
+    log.info("worker %s stopped", settings.worker_id)
 
 
 def run_node(settings: Settings) -> None:

@@ -8,6 +8,7 @@ in ``deploy/mammoseg.example.toml`` and ``deploy/README.md``.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +23,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION
 from dicom_node.scu import Destination
+from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION
+from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION
 from dicom_node.uids import is_valid_uid_root
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "mammoseg-mnv2-resunet.onnx"
@@ -79,6 +83,24 @@ class Settings(BaseSettings):
     seg_series_number: int = Field(default=9901, ge=1)
     sc_series_number: int = Field(default=9902, ge=1)
     sc_max_size: int = Field(default=2048, ge=256, le=8192)
+    sr_series_number: int = Field(default=9903, ge=1, le=2**31 - 1)
+    seg_series_description: str = Field(
+        default=DEFAULT_SEG_SERIES_DESCRIPTION, min_length=1, max_length=64
+    )
+    sc_series_description: str = Field(
+        default=DEFAULT_SC_SERIES_DESCRIPTION, min_length=1, max_length=64
+    )
+    sr_series_description: str = Field(
+        default=DEFAULT_SR_SERIES_DESCRIPTION, min_length=1, max_length=64
+    )
+    sc_compression: Literal["deflate", "jpeg", "rle", "none"] = Field(
+        default="deflate", description="Secondary Capture transfer syntax (deploy/README.md)"
+    )
+    voi_index: int = Field(
+        default=0, ge=0, le=99, description="Which VOI LUT item / window of the source to display"
+    )
+    tomosynthesis_policy: Literal["skip", "fail"] = "skip"
+    other_modality_policy: Literal["skip", "fail"] = "skip"
     institution_name: str | None = None
     max_associations: int = Field(default=10, ge=1, le=200)
     min_free_mb: int = Field(
@@ -91,6 +113,19 @@ class Settings(BaseSettings):
     retry_give_up_s: float = Field(default=86400.0, gt=0)
     poll_interval_s: float = Field(default=0.2, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/db; none: SQLite in data_dir",
+    )
+    worker_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=128,
+        description="Names this process's claims in a shared store",
+    )
+    stale_claim_s: float = Field(
+        default=600.0, gt=0, description="Shared store: take back jobs another process left"
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text: one line per event; json: one JSON object per line"
     )
@@ -128,12 +163,29 @@ class Settings(BaseSettings):
             raise ValueError(f"AE title {value!r} must be ASCII without backslash or edge spaces")
         return value
 
+    @field_validator("seg_series_description", "sc_series_description", "sr_series_description")
+    @classmethod
+    def _series_description(cls, value: str) -> str:
+        # LO (PS3.5 6.2): no backslash, no control characters, not only spaces.
+        if not value.strip() or "\\" in value or any(ord(ch) < 32 for ch in value):
+            raise ValueError(f"series description {value!r} must be printable text without '\\'")
+        return value
+
     @field_validator("destinations")
     @classmethod
     def _destinations(cls, values: list[str]) -> list[str]:
         for value in values:
             Destination.parse(value)
         return values
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql:", "postgres:", "postgresql+psycopg:")
+        ):
+            raise ValueError("database_url must start with postgresql:// (or sqlite:///)")
+        return value
 
     @field_validator("uid_root")
     @classmethod

@@ -90,6 +90,7 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     delivered: list[str] = field(default_factory=list)
+    owner: str = ""  # the worker process holding a PROCESSING/SENDING job
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,12 @@ class JobStore:
             return job_id, True
 
     def claim(
-        self, states: Sequence[JobState], to: JobState, *, now: float | None = None
+        self,
+        states: Sequence[JobState],
+        to: JobState,
+        *,
+        now: float | None = None,
+        owner: str = "",
     ) -> Job | None:
         """Atomically take the oldest due job in one of ``states`` and move it to ``to``."""
         now = time.time() if now is None else now
@@ -292,10 +298,10 @@ class JobStore:
             # e.g. processing_at: when a worker took it (the "received" stage ends there).
             timings = {**json.loads(row["timings"]), f"{to.value.lower()}_at": now}
             conn.execute(
-                "UPDATE jobs SET state = ?, updated_at = ?, timings = ? WHERE id = ?",
-                (to.value, now, json.dumps(timings), row["id"]),
+                "UPDATE jobs SET state = ?, updated_at = ?, timings = ?, owner = ? WHERE id = ?",
+                (to.value, now, json.dumps(timings), owner, row["id"]),
             )
-            self._event(conn, int(row["id"]), to, now)
+            self._event(conn, int(row["id"]), to, now, f"by {owner}" if owner else "")
         return self.get(int(row["id"]))
 
     def update(
@@ -344,28 +350,53 @@ class JobStore:
             if state is not None and cur.rowcount:
                 self._event(conn, job_id, state, now, reason or "")
 
-    def recover(self) -> dict[str, int]:
-        """After a crash: PROCESSING goes back to RECEIVED, SENDING to RETRYING (due now)."""
-        now = time.time()
+    def recover(
+        self,
+        *,
+        owner: str | None = None,
+        stale_after_s: float | None = None,
+        now: float | None = None,
+    ) -> dict[str, int]:
+        """Put interrupted work back: PROCESSING -> RECEIVED, SENDING -> RETRYING (due now).
+
+        With no arguments every such job is taken back (one node on its own
+        SQLite store, at start-up). When several processes share a store, a
+        process takes back its own jobs (``owner``) and those whose holder
+        has not touched them for ``stale_after_s`` (it died).
+        """
+        now = time.time() if now is None else now
+        scope, args = "", []
+        if owner is not None or stale_after_s is not None:
+            parts = []
+            if owner is not None:
+                parts.append("owner = ?")
+                args.append(owner)
+            if stale_after_s is not None:
+                parts.append("updated_at < ?")
+                args.append(now - stale_after_s)
+            scope = " AND (" + " OR ".join(parts) + ")"
+        counts = {"processing": 0, "sending": 0}
         with self._transaction() as conn:
-            for state, to in (
-                (JobState.PROCESSING, JobState.RECEIVED),
-                (JobState.SENDING, JobState.RETRYING),
+            for state, to, key in (
+                (JobState.PROCESSING, JobState.RECEIVED, "processing"),
+                (JobState.SENDING, JobState.RETRYING, "sending"),
             ):
                 rows = conn.execute(
-                    "SELECT id FROM jobs WHERE state = ?", (state.value,)
+                    f"SELECT id FROM jobs WHERE state = ?{scope}" + self.backend.skip_locked,
+                    (state.value, *args),
                 ).fetchall()
                 for row in rows:
+                    conn.execute(
+                        "UPDATE jobs SET state = ?, updated_at = ?, owner = '' WHERE id = ?",
+                        (to.value, now, row["id"]),
+                    )
+                    if to is JobState.RETRYING:
+                        conn.execute(
+                            "UPDATE jobs SET next_attempt_at = ? WHERE id = ?", (now, row["id"])
+                        )
                     self._event(conn, int(row["id"]), to, now, "recovered after a restart")
-            processing = conn.execute(
-                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
-                (JobState.RECEIVED.value, now, JobState.PROCESSING.value),
-            ).rowcount
-            sending = conn.execute(
-                "UPDATE jobs SET state = ?, next_attempt_at = ?, updated_at = ? WHERE state = ?",
-                (JobState.RETRYING.value, now, now, JobState.SENDING.value),
-            ).rowcount
-        return {"processing": processing, "sending": sending}
+                counts[key] = len(rows)
+        return counts
 
     # -- admin transitions (safe while workers run) -------------------------
     def retry(

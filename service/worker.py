@@ -42,6 +42,8 @@ class WorkerContext:
     send_timeout_s: float
     retry: RetryPolicy
     poll_interval_s: float
+    worker_id: str = ""
+    stale_claim_s: float | None = None  # shared store: take back jobs dead processes left
 
 
 def run_job(ctx: WorkerContext, job: Job) -> bool:
@@ -165,7 +167,9 @@ class Worker(threading.Thread):
         store = self.ctx.store
         while not self.stop_event.is_set():
             try:
-                job = store.claim([JobState.RECEIVED], JobState.PROCESSING)
+                job = store.claim(
+                    [JobState.RECEIVED], JobState.PROCESSING, owner=self.ctx.worker_id
+                )
                 if job is not None:
                     if run_job(self.ctx, job):
                         self.outbox.put(job.id)
@@ -196,8 +200,14 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         store = self.ctx.store
+        next_sweep = time.monotonic()
         while not self.stop_event.is_set():
             try:
+                if self.ctx.stale_claim_s and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + min(60.0, self.ctx.stale_claim_s / 2)
+                    taken = store.recover(stale_after_s=self.ctx.stale_claim_s)
+                    if any(taken.values()):
+                        log.warning("took back jobs left by a stopped process: %s", taken)
                 try:
                     job_id = self.outbox.get(timeout=self.ctx.poll_interval_s)
                 except queue.Empty:
@@ -207,7 +217,7 @@ class Sender(threading.Thread):
                     if fresh is not None and fresh.state is JobState.SENDING:
                         deliver(self.ctx, fresh)
                 # One due retry per turn, so retries never starve under load.
-                job = store.claim([JobState.RETRYING], JobState.SENDING)
+                job = store.claim([JobState.RETRYING], JobState.SENDING, owner=self.ctx.worker_id)
                 if job is not None:
                     deliver(self.ctx, job)
             except Exception:  # boundary: keep the sender alive

@@ -41,6 +41,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
     write_atomically(target, lambda fh: fh.write(b"whole"))
     assert target.read_bytes() == b"whole"
     (target.parent / ".incoming-x.part").write_bytes(b"left by a crash")
+    (target.parent / ".incoming-other-x.part").write_bytes(b"another writer, still writing")
+    assert remove_partial_files(target.parent, owner="other") == 1
+    assert not (target.parent / ".incoming-other-x.part").exists()
     assert remove_partial_files(target.parent) == 1
 
 
