@@ -58,6 +58,14 @@ def results_in_study(pacs, study_uid: str, source_uid: str, tmp_path: Path):  # 
     return found
 
 
+def assert_no_patient_data(log: str, source: pydicom.Dataset) -> None:
+    """Privacy: the node's log never holds the patient's name, ID or birth date."""
+    values = [str(source.get(k, "")) for k in ("PatientName", "PatientID", "PatientBirthDate")]
+    values += str(source.get("PatientName", "")).split("^")
+    leaked = [v for v in values if len(v) >= 3 and v in log]
+    assert leaked == [], f"patient data in the node log: {len(leaked)} values"
+
+
 def references_source(ds: pydicom.Dataset, source_uid: str) -> bool:
     refs = [item.ReferencedSOPInstanceUID for item in ds.get("SourceImageSequence", [])]
     for series in ds.get("ReferencedSeriesSequence", []):
@@ -120,6 +128,7 @@ def roundtrip(
     jobs = node.get("/api/v1/jobs")["items"]
     job = next(j for j in jobs if j["sop_instance_uid"] == source.SOPInstanceUID)
     assert job["state"] == "DONE", job["reason"]
+    assert_no_patient_data(node.log_text(), source)
     return job
 
 
