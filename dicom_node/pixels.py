@@ -7,7 +7,9 @@ through the grayscale standard display pipeline of PS3.4 N.2.1:
 2. VOI LUT (PS3.3 C.11.2): VOI LUT Sequence, else Window Center/Width with the
    VOI LUT Function (LINEAR, LINEAR_EXACT, SIGMOID; C.11.2.1.2), else min-max
    over the non-padding pixels;
-3. MONOCHROME1 inverted (PS3.3 C.7.6.3.1.2), so that high always means bright;
+3. MONOCHROME1 inverted (PS3.3 C.7.6.3.1.2), as is an image whose Presentation
+   LUT Shape is INVERSE (C.11.6.1.2; the DX/MG pairing MONOCHROME1 + INVERSE,
+   C.8.11.1.1.1, inverts once), so that high always means bright;
 4. pixel padding (PS3.3 C.7.5.1.1.2) set to black.
 
 The result is float32 in [0, 1], what the model and the overlay capture take.
@@ -36,6 +38,8 @@ GRAYSCALE_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 #: VOI LUT Functions of PS3.3 C.11.2.1.3; LINEAR is the default when absent.
 VOI_LUT_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 DEFAULT_VOI_LUT_FUNCTION = "LINEAR"
+#: Presentation LUT Shape that inverts the VOI output (PS3.3 C.11.6.1.2).
+PRESENTATION_LUT_INVERSE = "INVERSE"
 #: exp() argument bound for SIGMOID, beyond which float32 saturates anyway.
 _SIGMOID_EXPONENT_LIMIT = 80.0
 _UNSIGNED_16_LIMIT = 1 << 16
@@ -115,11 +119,17 @@ def display_image(ds: Dataset, *, voi_index: int = 0, max_pixels: int = MAX_PIXE
         raise
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise PixelDataError(f"cannot apply the Modality/VOI LUT: {exc}") from exc
-    if geometry.photometric == "MONOCHROME1":
+    if _inverted(ds, geometry):
         np.subtract(np.float32(1.0), pixels, out=pixels)
     if padding is not None:
         pixels[padding] = 0.0
     return DisplayImage(pixels=pixels, padding=padding, window=window)
+
+
+def _inverted(ds: Dataset, geometry: _Geometry) -> bool:
+    """MONOCHROME1, or Presentation LUT Shape INVERSE: one inversion (PS3.3 C.11.6.1.2)."""
+    shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+    return geometry.photometric == "MONOCHROME1" or shape == PRESENTATION_LUT_INVERSE
 
 
 def _required_int(ds: Dataset, keyword: str) -> int:

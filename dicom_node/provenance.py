@@ -9,8 +9,11 @@ version and UID root are required.
 
 The helpers below are shared by the builders: the patient and study copied
 verbatim from the source (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2), the source's
-laterality and a Patient Orientation worth copying, and the reference dataset
-handed to highdicom without pixel data or patient identity.
+laterality and a Patient Orientation worth copying, the reference dataset
+handed to highdicom without pixel data or patient identity, the series
+checks, and the Contributing Equipment item that names the model (PS3.3
+C.12.1.1.5; IHE AI Results: every result says which algorithm and version
+made it).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import re
 from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import Final
 
+import highdicom as hd
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
 from dicom_node.errors import DicomNodeError
@@ -30,6 +36,13 @@ from dicom_node.errors import DicomNodeError
 MAX_UID_ROOT_LENGTH = 40
 #: LO (PS3.5 6.2): 64 characters at most.
 MAX_LONG_STRING = 64
+#: ST (PS3.5 6.2): 1024 characters at most.
+MAX_SHORT_TEXT: Final = 1024
+#: IS (PS3.5 6.2): series numbers are positive 32-bit integers here.
+MAX_SERIES_NUMBER: Final = 2**31 - 1
+#: PS3.16 CID 7005: "Processing Equipment", equipment that processed composite
+#: instances to create new ones: the AI model, for every derived object.
+PROCESSING_EQUIPMENT: Final = codes.DCM.ProcessingEquipment  # DCM 109102
 # Components are 0 or digits without a leading zero (PS3.5 9.1); the root ends with '.'.
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
 
@@ -159,6 +172,54 @@ class Provenance:
     def new_uid(self) -> UID:
         """A fresh UID under ``uid_root`` (PS3.5 9)."""
         return generate_uid(prefix=self.uid_root)
+
+    @property
+    def device_uid(self) -> UID:
+        """A stable UID for the model as an SR device observer (PS3.16 TID 1004).
+
+        The same model, version and equipment always give the same UID under
+        the site's root, so reports by one algorithm can be grouped.
+        """
+        identity = [
+            self.manufacturer,
+            self.model_name,
+            self.model_version,
+            self.device_serial_number,
+        ]
+        return generate_uid(prefix=self.uid_root, entropy_srcs=identity)
+
+
+def contributing_equipment(provenance: Provenance) -> hd.ContributingEquipment:
+    """The AI model as Contributing Equipment (PS3.3 C.12.1.1.5, CID 7005).
+
+    Software Versions carries the model version, Manufacturer's Model Name
+    the model name (IHE AI Results, algorithm identification); the node's
+    own version is in the General Equipment module.
+    """
+    return hd.ContributingEquipment(
+        manufacturer=provenance.manufacturer,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=provenance.model_name,
+        software_versions=provenance.model_version,
+        device_serial_number=provenance.device_serial_number,
+        institution_name=provenance.institution_name,
+        contribution_description=(
+            f"AI mass segmentation by {provenance.model_name} {provenance.model_version} "
+            f"(mammoseg {provenance.software_version})"
+        )[:MAX_SHORT_TEXT],
+    )
+
+
+def check_series(series_number: int, series_description: str) -> None:
+    """Series Number (IS) and Series Description (LO) of a new series (PS3.3 C.7.3.1)."""
+    if isinstance(series_number, bool) or not isinstance(series_number, int):
+        raise ValueError(f"series_number must be an int, got {type(series_number).__name__}")
+    if not 1 <= series_number <= MAX_SERIES_NUMBER:
+        raise ValueError(f"series_number must be in 1..2^31-1 (IS), got {series_number}")
+    if not isinstance(series_description, str) or not series_description.strip():
+        raise ValueError("series_description must be a non-empty string")
+    if len(series_description) > MAX_LONG_STRING:
+        raise ValueError("series_description must be at most 64 characters (LO)")
 
 
 def copy_patient_study(

@@ -25,6 +25,11 @@ Decisions:
   a SEG as present although its condition is not met.
 - highdicom never sees patient identity: it would log a name it finds
   unusual.  Patient and study attributes are copied verbatim afterwards.
+- Every UID the SEG introduces is under the site's root: highdicom's own
+  Dimension Organization UID (PS3.3 C.7.6.17) is replaced.
+- Contributing Equipment (PS3.3 C.12.1.1.5) lists the source's acquisition
+  equipment, the model (Processing Equipment, model version as Software
+  Versions) and highdicom (IHE AI Results algorithm identification).
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.provenance import (
     DerivedObjectError,
     Provenance,
+    check_series,
     check_source,
+    contributing_equipment,
     copy_patient_orientation,
     copy_patient_study,
     reference_dataset,
@@ -86,7 +93,7 @@ def build_segmentation(
     C.7.1.1, C.7.2.1), opens a new series (``series_number``), and is written
     in Explicit VR Little Endian with 1-bit packed frames (PS3.5 8.1.1).
     """
-    _check_series(series_number, series_description)
+    check_series(series_number, series_description)
     check_source(source)
     _check_mask(mask, source)
     if not mask.any():
@@ -126,9 +133,11 @@ def build_segmentation(
             content_label=SEG_CONTENT_LABEL,
             content_description=SEG_CONTENT_DESCRIPTION,
             transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=[contributing_equipment(provenance)],
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegmentationError(f"cannot build the SEG from this source: {exc}") from exc
+    _use_own_dimension_organization_uid(seg, provenance)
     copy_patient_study(source, seg)
     copy_patient_orientation(source, seg)
     return seg
@@ -147,15 +156,13 @@ def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificati
     )
 
 
-def _check_series(series_number: int, series_description: str) -> None:
-    if isinstance(series_number, bool) or not isinstance(series_number, int):
-        raise ValueError(f"series_number must be an int, got {type(series_number).__name__}")
-    if not 1 <= series_number <= 2**31 - 1:
-        raise ValueError(f"series_number must be in 1..2^31-1 (IS), got {series_number}")
-    if not isinstance(series_description, str) or not series_description.strip():
-        raise ValueError("series_description must be a non-empty string")
-    if len(series_description) > 64:
-        raise ValueError("series_description must be at most 64 characters (LO)")
+def _use_own_dimension_organization_uid(seg: Dataset, provenance: Provenance) -> None:
+    """Replace highdicom's Dimension Organization UID by one under the site's root."""
+    uid = provenance.new_uid()
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(keyword, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = uid
 
 
 def _check_mask(mask: np.ndarray, source: Dataset) -> None:

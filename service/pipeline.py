@@ -3,6 +3,13 @@
 Each step is a small function; :func:`process_instance` reads like the data
 flow in DESIGN.md. Errors a person should read become :class:`JobFailed` or
 :class:`JobSkipped`; anything else is caught by the worker loop.
+
+The input policy (README, "What the node accepts"): Digital Mammography For
+Presentation and Secondary Captures with Modality MG (digitised film) are
+segmented; For Processing images are SKIPPED unless ``process_for_processing``;
+Breast Tomosynthesis and anything else the SCP stored are SKIPPED or FAILED
+as ``tomosynthesis_policy`` / ``other_modality_policy`` say; pixel data that
+cannot be decoded FAIL with the decoder's reason.
 """
 
 from __future__ import annotations
@@ -12,26 +19,34 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Final, Literal
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    BreastTomosynthesisImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalMammographyXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
 )
 
-from dicom_node.capture import build_overlay_capture
-from dicom_node.provenance import Provenance
-from dicom_node.seg import build_segmentation
-from dicom_node.spacing import pixel_spacing
+from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION, build_overlay_capture
+from dicom_node.measurements import measure_lesions
+from dicom_node.provenance import DerivedObjectError, Provenance
+from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION, build_segmentation
+from dicom_node.spacing import PixelSpacing, pixel_spacing
 from dicom_node.spool import write_atomically
+from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION, build_measurement_report
 from service.inference import Segmenter
 from service.preprocess import threshold_mask
 
 # Used for the minimum lesion area when an image has no pixel spacing at all.
 FALLBACK_SPACING_MM = 0.1
+#: What to do with an instance the node stores but does not segment.
+Policy = Literal["skip", "fail"]
+POLICIES: Final[tuple[Policy, ...]] = ("skip", "fail")
+ScCompression = Literal["deflate", "jpeg", "rle", "none"]
 
 
 class JobFailed(Exception):
@@ -52,6 +67,21 @@ class PipelineOptions:
     min_lesion_area_mm2: float
     threshold: float
     process_for_processing: bool
+    sr_series_number: int = 9903
+    seg_series_description: str = DEFAULT_SEG_SERIES_DESCRIPTION
+    sc_series_description: str = DEFAULT_SC_SERIES_DESCRIPTION
+    sr_series_description: str = DEFAULT_SR_SERIES_DESCRIPTION
+    sc_compression: ScCompression = "deflate"
+    voi_index: int = 0
+    tomosynthesis_policy: Policy = "skip"
+    other_modality_policy: Policy = "skip"
+
+    def __post_init__(self) -> None:
+        for name in ("tomosynthesis_policy", "other_modality_policy"):
+            if getattr(self, name) not in POLICIES:
+                raise ValueError(f"{name} must be one of {POLICIES}, got {getattr(self, name)!r}")
+        if self.voi_index < 0:
+            raise ValueError(f"voi_index must be >= 0, got {self.voi_index}")
 
 
 @dataclass(frozen=True)
@@ -69,10 +99,16 @@ def read_instance(path: Path) -> Dataset:
         raise JobFailed(f"the stored file cannot be read as DICOM: {exc}") from exc
 
 
+def _not_segmented(reason: str, policy: Policy, setting: str) -> Exception:
+    if policy == "fail":
+        return JobFailed(f"{reason} ({setting} = fail)")
+    return JobSkipped(reason)
+
+
 def check_policy(ds: Dataset, options: PipelineOptions) -> None:
-    """Which images the node segments (README, "Input policy")."""
+    """Which images the node segments (README, "What the node accepts")."""
     sop_class = ds.get("SOPClassUID")
-    modality = str(ds.get("Modality", ""))
+    modality = str(ds.get("Modality", "")).strip()
     if sop_class == DigitalMammographyXRayImageStorageForPresentation:
         return
     if sop_class == DigitalMammographyXRayImageStorageForProcessing:
@@ -85,23 +121,36 @@ def check_policy(ds: Dataset, options: PipelineOptions) -> None:
     if sop_class == SecondaryCaptureImageStorage:
         if modality == "MG":
             return
-        raise JobSkipped(
+        raise _not_segmented(
             f"Secondary Capture with Modality '{modality or 'none'}' is not a "
-            "digitised mammogram (Modality MG)"
+            "digitised mammogram (Modality MG)",
+            options.other_modality_policy,
+            "other_modality_policy",
         )
-    raise JobSkipped(f"SOP class {sop_class} (Modality '{modality or 'none'}') is not segmented")
+    if sop_class == BreastTomosynthesisImageStorage:
+        raise _not_segmented(
+            "Breast Tomosynthesis image: the model segments 2-D mammograms only",
+            options.tomosynthesis_policy,
+            "tomosynthesis_policy",
+        )
+    raise _not_segmented(
+        f"SOP class {str(sop_class or 'none')[:64]} (Modality '{modality[:16] or 'none'}') "
+        "is not segmented",
+        options.other_modality_policy,
+        "other_modality_policy",
+    )
 
 
-def minimum_area_px(ds: Dataset, options: PipelineOptions) -> int:
-    spacing = pixel_spacing(ds)
+def minimum_area_px(spacing: PixelSpacing | None, options: PipelineOptions) -> int:
+    """``min_lesion_area_mm2`` in pixels of this image (at least one pixel)."""
     area = spacing.pixel_area_mm2 if spacing else FALLBACK_SPACING_MM**2
-    return int(np.ceil(options.min_lesion_area_mm2 / area))
+    return max(1, int(np.ceil(options.min_lesion_area_mm2 / area)))
 
 
 def process_instance(
     path: Path, job_id: int, segmenter: Segmenter, options: PipelineOptions
 ) -> Results:
-    """Read, check, segment and write the SEG and SC of one instance to the outbox."""
+    """Read, check, segment, measure and write the SEG, SC and SR of one instance."""
     from dicom_node.pixels import PixelDataError, display_image
 
     timings: dict[str, float] = {}
@@ -109,7 +158,7 @@ def process_instance(
     ds = read_instance(path)
     check_policy(ds, options)
     try:
-        display = display_image(ds)
+        display = display_image(ds, voi_index=options.voi_index)
     except PixelDataError as exc:
         raise JobFailed(str(exc)) from exc
     timings["decode_s"] = time.perf_counter() - start
@@ -118,29 +167,53 @@ def process_instance(
     timings["preprocess_s"] = prediction.seconds_preprocess
     timings["infer_s"] = prediction.seconds_infer
     mark = time.perf_counter()
-    mask = threshold_mask(
-        prediction.probability, options.threshold, min_area_px=minimum_area_px(ds, options)
+    probability = prediction.probability
+    if display.padding is not None:  # padding is never tissue (PS3.3 C.7.5.1.1.2)
+        probability = np.where(display.padding, np.float32(0.0), probability)
+    spacing = pixel_spacing(ds)
+    min_pixels = minimum_area_px(spacing, options)
+    mask = threshold_mask(probability, options.threshold, min_area_px=min_pixels)
+    lesions = measure_lesions(
+        mask,
+        probability,
+        spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
+        min_pixels=min_pixels,
     )
-    if display.padding is not None:
-        mask &= ~display.padding
-
-    seg = build_segmentation(
-        source=ds, mask=mask, provenance=options.provenance, series_number=options.seg_series_number
-    )
-    sc = build_overlay_capture(
-        source=ds,
-        image=display.pixels,
-        mask=mask,
-        provenance=options.provenance,
-        series_number=options.sc_series_number,
-        max_size=options.sc_max_size,
-    )
+    try:
+        seg = build_segmentation(
+            source=ds,
+            mask=mask,
+            provenance=options.provenance,
+            series_number=options.seg_series_number,
+            series_description=options.seg_series_description,
+        )
+        sc = build_overlay_capture(
+            source=ds,
+            image=display.pixels,
+            mask=mask,
+            provenance=options.provenance,
+            series_number=options.sc_series_number,
+            series_description=options.sc_series_description,
+            max_size=options.sc_max_size,
+            compression=options.sc_compression,
+        )
+        sr = build_measurement_report(
+            source=ds,
+            lesions=lesions,
+            spacing=spacing,
+            segmentation=seg,
+            provenance=options.provenance,
+            series_number=options.sr_series_number,
+            series_description=options.sr_series_description,
+        )
+    except DerivedObjectError as exc:
+        raise JobFailed(str(exc)) from exc
     folder = options.outbox_dir / str(job_id)
     if folder.exists():  # left by a crash before the job reached SENDING
         shutil.rmtree(folder)
     files: list[Path] = []
     uids: dict[str, str] = {}
-    for kind, result in (("seg", seg), ("sc", sc)):
+    for kind, result in (("seg", seg), ("sc", sc), ("sr", sr)):
         if result is None:
             continue
         target = folder / f"{kind}.dcm"

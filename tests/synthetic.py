@@ -36,6 +36,7 @@ from pydicom.uid import (
     JPEG2000,
     PYDICOM_ROOT_UID,
     UID,
+    BreastTomosynthesisImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalMammographyXRayImageStorageForProcessing,
@@ -47,6 +48,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from scipy import ndimage
@@ -228,7 +230,7 @@ def synthetic_mammogram(
     seed: int = 0,
     transfer_syntax: str = ExplicitVRLittleEndian,
     sop_class: str = DigitalMammographyXRayImageStorageForPresentation,
-    pixel_spacing_mm: float | None = 0.1,
+    pixel_spacing_mm: float | tuple[float, float] | None = 0.1,
     voi_lut_sequence: bool = False,
     pixel_padding_value: int | None = None,
     patient_name: str = "Synthetic^Patient",
@@ -239,7 +241,9 @@ def synthetic_mammogram(
     """A synthetic MG image as a dataset with file meta, ready to write.
 
     ``masses=None`` places :func:`default_mass`; ``masses=()`` makes an image
-    without a mass.  ``pixel_padding_value`` stores that value outside the
+    without a mass.  ``pixel_spacing_mm`` is one value or (row, column) for
+    both Pixel Spacing and Imager Pixel Spacing; None leaves Imager Pixel
+    Spacing 0.1 only.  ``pixel_padding_value`` stores that value outside the
     breast and sets PixelPaddingValue (PS3.3 C.7.5.1.1.2).  JPEG lossless
     (1.2.840.10008.1.2.4.70 / .57) has no pydicom encoder: write the
     uncompressed dataset and use :func:`encode_with_dcmtk` (or
@@ -351,7 +355,12 @@ def synthetic_mammogram(
     ds.DetectorType = "DIRECT"
     ds.DetectorConfiguration = "AREA"
     if pixel_spacing_mm is not None:
-        spacing = [f"{pixel_spacing_mm:.6g}", f"{pixel_spacing_mm:.6g}"]
+        row_mm, column_mm = (
+            pixel_spacing_mm
+            if isinstance(pixel_spacing_mm, tuple)
+            else (pixel_spacing_mm, pixel_spacing_mm)
+        )
+        spacing = [f"{row_mm:.6g}", f"{column_mm:.6g}"]
         ds.ImagerPixelSpacing = spacing
         ds.PixelSpacing = spacing
         ds.PixelSpacingCalibrationType = "GEOMETRY"
@@ -426,6 +435,122 @@ def _compress(ds: Dataset, transfer_syntax: UID) -> None:
         ds.LossyImageCompressionMethod = (
             "ISO_14495_1" if transfer_syntax == JPEGLSNearLossless else "ISO_15444_1"
         )
+
+
+#: Attributes of the DX/MG modules that a Secondary Capture does not have (PS3.3 A.8.1).
+_DX_ONLY_KEYWORDS = (
+    "PresentationIntentType",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PixelIntensityRelationship",
+    "PixelIntensityRelationshipSign",
+    "PresentationLUTShape",
+    "QualityControlImage",
+    "ImageLaterality",
+    "AnatomicRegionSequence",
+    "DetectorType",
+    "DetectorConfiguration",
+    "ImagerPixelSpacing",
+    "PixelSpacingCalibrationType",
+    "PixelSpacingCalibrationDescription",
+    "PositionerType",
+    "OrganExposed",
+    "BreastImplantPresent",
+    "PartialView",
+    "ViewCodeSequence",
+    "AcquisitionContextSequence",
+    "AcquisitionDateTime",
+    "PixelPaddingValue",
+)
+#: SC Equipment Conversion Type for a film digitiser (PS3.3 C.8.6.1).
+DIGITIZED_FILM = "DF"
+
+
+def synthetic_secondary_capture(
+    *,
+    modality: str = "MG",
+    signed: bool = False,
+    pixel_spacing_mm: float | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    **kw: object,
+) -> Dataset:
+    """A digitised-film mammogram as a Secondary Capture Image (PS3.3 A.8.1).
+
+    Like the CBIS-DDSM files: SC Equipment with Conversion Type DF and
+    ``modality`` (MG: a digitised mammogram), series Laterality instead of
+    Image Laterality, no pixel spacing unless ``pixel_spacing_mm`` (then SC
+    Image Pixel Spacing).  ``signed`` stores the values shifted by
+    -2^(Bits Stored - 1) as two's complement (Pixel Representation 1) with
+    the window shifted alike, so the display is the same.  Other keywords go
+    to :func:`synthetic_mammogram` (no padding: the SC IOD has none).
+    """
+    transfer_syntax = UID(transfer_syntax)
+    if transfer_syntax in DCMTK_TRANSFER_SYNTAXES:
+        raise ValueError("write the dataset and use encode_with_dcmtk() for JPEG lossless")
+    ds = synthetic_mammogram(pixel_spacing_mm=None, **kw)  # type: ignore[arg-type]
+    laterality = ds.ImageLaterality
+    for keyword in _DX_ONLY_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = modality
+    ds.ConversionType = DIGITIZED_FILM
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.Laterality = laterality
+    ds.DateOfSecondaryCapture = ds.ContentDate
+    ds.TimeOfSecondaryCapture = ds.ContentTime
+    if pixel_spacing_mm is not None:
+        ds.PixelSpacing = [f"{pixel_spacing_mm:.6g}", f"{pixel_spacing_mm:.6g}"]
+    if signed:
+        offset = 1 << (int(ds.BitsStored) - 1)
+        stored = ds.pixel_array.astype(np.int32) - offset
+        dtype = np.int8 if ds.BitsAllocated == 8 else np.int16
+        ds.PixelData = stored.astype(dtype).tobytes()
+        ds.PixelRepresentation = 1
+        ds.WindowCenter = f"{float(ds.WindowCenter) - offset:.6g}"
+    if transfer_syntax in PYDICOM_TRANSFER_SYNTAXES:
+        _compress(ds, transfer_syntax)
+    else:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return ds
+
+
+def synthetic_tomosynthesis(*, rows: int = 64, columns: int = 48, frames: int = 2) -> Dataset:
+    """A minimal Breast Tomosynthesis Image (multi-frame) for the input policy.
+
+    Only what the node reads before it decides not to segment: the SOP class,
+    Modality MG and a small multi-frame pixel matrix.  Not an IOD-complete
+    object (the node must never need one to say no).
+    """
+    study_uid, series_uid, instance_uid, _ = _next_uids(0, ("BTO", rows, columns, frames))
+    ds = Dataset()
+    ds.SOPClassUID = BreastTomosynthesisImageStorage
+    ds.SOPInstanceUID = instance_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "MG"
+    ds.PatientName = "Synthetic^Patient"
+    ds.PatientID = "SYN0001"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = frames
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.zeros((frames, rows, columns), dtype=np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def with_sop_class(ds: Dataset, sop_class: str, modality: str) -> Dataset:
+    """``ds`` relabelled as another SOP class and modality (e.g. a CT reaching the node)."""
+    ds.SOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = modality
+    return ds
 
 
 def full_size(**kw: object) -> Dataset:
@@ -527,5 +652,8 @@ __all__ = [
     "read",
     "synthetic_file",
     "synthetic_mammogram",
+    "synthetic_secondary_capture",
+    "synthetic_tomosynthesis",
+    "with_sop_class",
     "write",
 ]

@@ -120,8 +120,8 @@ def test_image_goes_through_and_results_reference_the_source(
             )
         )
         assert job.state is JobState.DONE, job.reason
-        assert set(job.results["uids"]) == {"seg", "sc"}
-        wait_for(lambda: len(destination.received) == 2)
+        assert set(job.results["uids"]) == {"seg", "sc", "sr"}
+        wait_for(lambda: len(destination.received) == 3)
     finally:
         node.stop()
     by_modality = {ds.Modality: ds for ds in destination.received}
@@ -130,7 +130,7 @@ def test_image_goes_through_and_results_reference_the_source(
     assert seg.SeriesInstanceUID != source.SeriesInstanceUID
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
-    sc = next(ds for ds in destination.received if ds.Modality != "SEG")
+    sc = by_modality["OT"]
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     # The tiny model finds the bright mass: the SEG overlaps the truth.
@@ -187,7 +187,7 @@ def test_skipped_and_failed_get_reasons(tmp_path: Path, destination: Destination
     finally:
         node.stop()
     assert destination.received == [] or all(
-        ds.Modality in ("SEG", "OT", "MG") for ds in destination.received
+        ds.Modality in ("SEG", "OT", "SR") for ds in destination.received
     )
 
 
@@ -214,7 +214,7 @@ def test_http_reports_jobs_and_readiness(tmp_path: Path, destination: Destinatio
         )
         body = client.get(f"/api/v1/jobs/{job.id}").json()
         assert body["state"] == "DONE" and body["sop_instance_uid"] == source.SOPInstanceUID
-        assert set(body["result_uids"]) == {"seg", "sc"}
+        assert set(body["result_uids"]) == {"seg", "sc", "sr"}
         assert {"decode_s", "infer_s", "send_s"} <= set(body["timings"])
         text = client.get("/api/v1/jobs").text + client.get("/").text
         for phi in (str(source.PatientName), source.PatientID, source.PatientBirthDate):
@@ -247,7 +247,7 @@ def test_mask_is_at_the_source_matrix(tmp_path: Path, destination: Destination) 
             rows=301, columns=203, seed=9, masses=[Mass(row=150, col=80, radius=25)]
         )
         send(node, source)
-        wait_for(lambda: len(destination.received) == 2)
+        wait_for(lambda: len(destination.received) == 3)
     finally:
         node.stop()
     seg = next(ds for ds in destination.received if ds.Modality == "SEG")

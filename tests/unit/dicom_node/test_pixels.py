@@ -290,6 +290,14 @@ def test_monochrome1_min_max_is_inverted() -> None:
     np.testing.assert_allclose(display_image(ds).pixels, [[1.0, 0.5, 0.0]], atol=1e-7)
 
 
+def test_presentation_lut_shape_inverse_inverts_monochrome2_once() -> None:
+    ds = raw_dataset(np.array([[0, 100, 200]], dtype=np.uint16))
+    ds.PresentationLUTShape = "INVERSE"
+    np.testing.assert_allclose(display_image(ds).pixels, [[1.0, 0.5, 0.0]], atol=1e-7)
+    ds.PhotometricInterpretation = "MONOCHROME1"  # the DX/MG pairing: still one inversion
+    np.testing.assert_allclose(display_image(ds).pixels, [[1.0, 0.5, 0.0]], atol=1e-7)
+
+
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 def test_padding_is_black_and_out_of_min_max(photometric: str) -> None:
     ds = synthetic_mammogram(

@@ -183,6 +183,26 @@ def test_patient_and_study_are_copied_exactly(tmp_path: Path) -> None:
     assert_valid_dicom(path)
 
 
+def test_every_new_uid_is_under_the_root_and_the_model_is_contributing_equipment(
+    tmp_path: Path,
+) -> None:
+    source = synthetic_mammogram(**SMALL)
+    path, seg = build_and_read(source, mass_mask(source.Rows, source.Columns, MASSES), tmp_path)
+    organisations = {item.DimensionOrganizationUID for item in seg.DimensionOrganizationSequence}
+    organisations |= {item.DimensionOrganizationUID for item in seg.DimensionIndexSequence}
+    (organisation,) = organisations
+    assert organisation.startswith(EXAMPLE_UID_ROOT)
+    model = [
+        item
+        for item in seg.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # Processing Equipment
+        and item.get("ManufacturerModelName") == "MobileNetV2-ResUNet"
+    ]
+    assert len(model) == 1 and model[0].SoftwareVersions == "1.0.0"
+    assert "1.0.0" in model[0].ContributionDescription
+    assert assert_valid_dicom(path) == []
+
+
 def test_empty_mask_gives_no_seg() -> None:
     source = synthetic_mammogram(**SMALL)
     mask = np.zeros((source.Rows, source.Columns), dtype=bool)

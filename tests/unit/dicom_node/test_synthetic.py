@@ -34,6 +34,8 @@ from tests.synthetic import (
     mass_mask,
     synthetic_file,
     synthetic_mammogram,
+    synthetic_secondary_capture,
+    synthetic_tomosynthesis,
     write,
 )
 
@@ -152,6 +154,35 @@ def test_padding_value_fills_the_air() -> None:
 def test_sources_pass_dciodvfy(tmp_path: Path, kw: dict[str, object]) -> None:
     path = write(synthetic_mammogram(**SMALL, **kw), tmp_path / "mg.dcm")  # type: ignore[arg-type]
     assert assert_valid_dicom(path) == []
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"signed": True, "bits_stored": 16}, {"pixel_spacing_mm": 0.05, "laterality": "R"}],
+    ids=["digitised-film", "signed-16", "with-spacing"],
+)
+def test_secondary_captures_pass_dciodvfy_and_display_alike(
+    tmp_path: Path, kw: dict[str, object]
+) -> None:
+    from dicom_node.pixels import display_image
+
+    sc = synthetic_secondary_capture(seed=4, **SMALL, **kw)  # type: ignore[arg-type]
+    path = write(sc, tmp_path / "sc.dcm")
+    assert (sc.SOPClassUID, sc.Modality, sc.ConversionType) == (
+        "1.2.840.10008.5.1.4.1.1.7",
+        "MG",
+        "DF",
+    )
+    assert "ImageLaterality" not in sc and sc.Laterality in ("L", "R")
+    assert assert_valid_dicom(path) == []
+    mg = synthetic_mammogram(seed=4, **SMALL, **{k: v for k, v in kw.items() if k != "signed"})  # type: ignore[arg-type]
+    np.testing.assert_allclose(display_image(sc).pixels, display_image(mg).pixels, atol=1e-6)
+
+
+def test_tomosynthesis_is_multi_frame_mg() -> None:
+    bto = synthetic_tomosynthesis(frames=3)
+    assert (bto.Modality, int(bto.NumberOfFrames)) == ("MG", 3)
+    assert bto.SOPClassUID == "1.2.840.10008.5.1.4.1.1.13.1.3"
 
 
 @pytest.mark.parametrize("ts", PYDICOM_TRANSFER_SYNTAXES, ids=lambda ts: ts.name)
