@@ -81,7 +81,7 @@ def latency_chart(latencies: Sequence[StageLatencyOut]) -> Markup:
     rows = [x for x in latencies if x.stage != "total"]
     top = max((x.p95_s or 0.0 for x in rows), default=0.0) or 1.0
     row_h = 28
-    label_w, value_w = 80, 150
+    label_w, value_w = 80, 190
     height = row_h * len(rows) + 8
     plot_w = WIDTH - label_w - value_w
     parts = [
