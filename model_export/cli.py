@@ -145,6 +145,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--val-dice", type=float, default=None)
     p.add_argument("--val-iou", type=float, default=None)
     p.add_argument("--val-split", default="validation")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        type=_metric,
+        help="NAME=VALUE added to the contract's validation metrics (repeatable)",
+    )
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--crop-to-breast", action="store_true")
     p.add_argument("--data", help="image/mask folder for the parity check and INT8 calibration")
@@ -152,6 +159,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--int8", help="also write a static INT8 (QDQ) model here")
     p.add_argument("--calibration-images", type=int, default=64)
     p.add_argument("--int8-min-dice", type=float, default=0.98)
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -267,6 +284,7 @@ def _run_export(args: argparse.Namespace) -> int:
         val_dice=args.val_dice,
         val_iou=args.val_iou,
         val_split=args.val_split,
+        extra_metrics=tuple(args.metric),
         threshold=args.threshold,
         crop_to_breast=args.crop_to_breast,
         parity_tolerance=args.parity_tolerance,

@@ -47,6 +47,8 @@ class ExportOptions:
     val_dice: float | None = None
     val_iou: float | None = None
     val_split: str = "validation"
+    #: Further figures for the contract's validation_metrics (e.g. held-out Dice).
+    extra_metrics: tuple[tuple[str, float], ...] = ()
     threshold: float = 0.5
     crop_to_breast: bool = False
     parity_tolerance: float = 1e-4
@@ -155,7 +157,10 @@ def make_contract(model: Any, options: ExportOptions) -> ModelContract:
         threshold=options.threshold,
         training_data=options.training_data,
         validation_metrics=ValidationMetrics(
-            dice=options.val_dice, iou=options.val_iou, split=options.val_split
+            dice=options.val_dice,
+            iou=options.val_iou,
+            split=options.val_split,
+            **dict(options.extra_metrics),
         ),
         framework=framework_string(),
     )

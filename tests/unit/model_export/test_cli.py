@@ -114,3 +114,13 @@ def test_evaluating_onnx_models_needs_no_tensorflow(
     ]
     assert cli.main(argv) == cli.EXIT_OK
     assert (tmp_path / "e" / "comparison.md").is_file()
+
+
+def test_metric_option_parses_name_value(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(
+        ["export", "--model", "m", "--out", "o", "--metric", "heldout_dice=0.7"]
+    )
+    assert args.metric == [("heldout_dice", 0.7)]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["export", "--model", "m", "--out", "o", "--metric", "x"])
+    assert "NAME=VALUE" in capsys.readouterr().err

@@ -38,6 +38,7 @@ OPTIONS = export.ExportOptions(
     val_dice=0.5,
     val_iou=0.3,
     parity_images=4,
+    extra_metrics=(("heldout_dice", 0.4),),
 )
 
 
@@ -54,6 +55,7 @@ def test_round_trip_contract_and_parity(
     assert (contract.input_name, contract.output_name) == ("image", "mask")
     assert (contract.input_height, contract.input_width, contract.input_channels) == (32, 32, 3)
     assert contract.validation_metrics.dice == 0.5
+    assert contract.validation_metrics.model_extra == {"heldout_dice": 0.4}
     assert "tf2onnx" in contract.framework
     assert report.parity.max_abs_diff < 1e-4 and report.parity.images == 4
     proto = onnx.load(str(out))
