@@ -140,8 +140,8 @@ class Database:
                 return Connection(raw, backend)
             import psycopg
 
-            raw = psycopg.connect(self._libpq_url(), autocommit=True, connect_timeout=10)
-            return Connection(raw, backend)
+            pg = psycopg.connect(self._libpq_url(), autocommit=True, connect_timeout=10)
+            return Connection(pg, backend)
         except Exception as exc:  # sqlite3 / psycopg errors: one message for start-up
             raise DatabaseError(f"cannot connect to {self.display}: {exc}") from exc
 

@@ -365,7 +365,7 @@ class JobStore:
         has not touched them for ``stale_after_s`` (it died).
         """
         now = time.time() if now is None else now
-        scope, args = "", []
+        scope, args = "", list[Any]()
         if owner is not None or stale_after_s is not None:
             parts = []
             if owner is not None:

@@ -263,7 +263,12 @@ def storescu(
 
 @contextmanager
 def storescp(
-    tmp: Path, *, aet: str = "STORESCP", port: int | None = None, unique_names: bool = True
+    tmp: Path,
+    *,
+    aet: str = "STORESCP",
+    port: int | None = None,
+    unique_names: bool = True,
+    sleep_during_s: int = 0,
 ) -> Iterator[tuple[int, Path]]:
     """DCMTK storescp as a destination; yields (port, folder it writes to).
 
@@ -276,7 +281,17 @@ def storescp(
     out.mkdir(parents=True, exist_ok=True)
     log = (tmp / "storescp.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "-aet", aet, "-od", str(out), "+xa", "+uf" if unique_names else "-uf", str(port)],
+        [
+            binary,
+            "-aet",
+            aet,
+            "-od",
+            str(out),
+            "+xa",
+            "+uf" if unique_names else "-uf",
+            *(["--sleep-during", str(sleep_during_s)] if sleep_during_s else []),
+            str(port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -88,7 +88,8 @@ def test_kill_9_in_every_state_loses_nothing_and_delivers_once(tmp_path: Path) -
         "full",
     )
     port = free_port()
-    with storescp(tmp_path / "dest") as (dest_port, received):
+    # A slow destination (1 s per object) keeps jobs in SENDING too.
+    with storescp(tmp_path / "dest", sleep_during_s=1) as (dest_port, received):
         args = ["--destination", f"STORESCP@127.0.0.1:{dest_port}"]
         acknowledged: list[str] = []
         states_at_kill: list[dict[str, int]] = []
@@ -102,7 +103,11 @@ def test_kill_9_in_every_state_loses_nothing_and_delivers_once(tmp_path: Path) -
             # Kill once some jobs are DONE while others wait or run.
             def mixed(node=node, done_at_least=3 * (kill + 1)) -> bool:  # type: ignore[no-untyped-def]
                 counts = node.get("/api/v1/jobs?limit=1")["counts"]
-                return counts["DONE"] > done_at_least and counts["RECEIVED"] > 0
+                return (
+                    counts["DONE"] > done_at_least
+                    and counts["RECEIVED"] > 0
+                    and counts["SENDING"] + counts["RETRYING"] > 0
+                )
 
             wait_until(mixed, 600, "jobs in several states")
             states_at_kill.append(node.get("/api/v1/jobs?limit=1")["counts"])
