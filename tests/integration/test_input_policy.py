@@ -364,3 +364,28 @@ def test_voi_index_picks_the_configured_window(segmenter: Segmenter, tmp_path: P
     first_sc = pydicom.dcmread(first.files[1]).pixel_array
     second_sc = pydicom.dcmread(second.files[-2]).pixel_array
     assert second_sc[100:200, 20:80].mean() > first_sc[100:200, 20:80].mean() + 50
+
+
+# --- the policy settings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("tomosynthesis_policy", "segment"),
+        ("other_modality_policy", "ignore"),
+        ("voi_index", -1),
+        ("sc_compression", "zip"),
+        ("sr_series_description", "a\\b"),
+    ],
+)
+def test_bad_policy_settings_stop_start_up(tmp_path: Path, setting: str, value: object) -> None:
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=setting):
+        load_settings(data_dir=tmp_path, **{setting: value})
+
+
+def test_pipeline_options_refuse_an_unknown_policy(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tomosynthesis_policy"):
+        options(tmp_path, tomosynthesis_policy="segment")
