@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -110,8 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--node-env",
         action="append",
         default=[],
-        metavar="MAMMOSEG_KEY=VALUE",
-        help="setting for the node under test (repeatable), e.g. MAMMOSEG_WORKERS=2",
+        metavar="KEY=VALUE",
+        help="environment of the node under test (repeatable): a setting such as "
+        "MAMMOSEG_WORKERS=2, or e.g. MALLOC_ARENA_MAX=2",
     )
     p.add_argument("--token", help="viewer token if the node's read API needs one")
     p.add_argument("--work-dir", type=Path, help="keep images and logs here (default: temporary)")
@@ -144,8 +146,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     node_env = []
     for item in args.node_env:
         key, sep, value = str(item).partition("=")
-        if not sep or not key.startswith("MAMMOSEG_"):
-            raise BenchUsageError(f"--node-env wants MAMMOSEG_KEY=VALUE, got {item!r}")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise BenchUsageError(f"--node-env wants KEY=VALUE, got {item!r}")
         node_env.append((key, value))
     return BenchOptions(
         sections=tuple(s for s in SECTIONS if s in sections),

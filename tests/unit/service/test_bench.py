@@ -216,7 +216,7 @@ def test_flags_are_parsed_and_checked() -> None:
     with pytest.raises(bench.BenchUsageError, match="--sections"):
         bench.parse_args(["--sections", "model,gpu"])
     with pytest.raises(bench.BenchUsageError, match="--node-env"):
-        bench.parse_args(["--node-env", "WORKERS=2"])
+        bench.parse_args(["--node-env", "2WORKERS"])
     with pytest.raises(bench.BenchUsageError, match="--latency-images"):
         bench.parse_args(["--latency-images", "0"])
 
