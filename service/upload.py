@@ -166,11 +166,14 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
 
     try:
         ds = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+        has_pixels = "PixelData" in ds
+        rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    except InvalidDicomError as exc:
         raise UploadError(f"the DICOM file cannot be read: {exc}") from exc
-    if "PixelData" not in ds:
+    except Exception as exc:  # noqa: BLE001 - pydicom parses lazily; any error is bad input
+        raise UploadError(f"the DICOM file cannot be read: {type(exc).__name__}: {exc}") from exc
+    if not has_pixels:
         raise UploadError("the DICOM file has no image (no Pixel Data)")
-    rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * columns > max_pixels:
         raise ImageTooLarge(f"{columns}x{rows} pixels is more than {max_pixels} pixels")
     try:
