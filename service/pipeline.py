@@ -213,7 +213,8 @@ def process_instance(
         shutil.rmtree(folder)
     files: list[Path] = []
     uids: dict[str, str] = {}
-    for kind, result in (("seg", seg), ("sc", sc), ("sr", sr)):
+    # The SR right after the SEG it references; the SC, which nothing references, last.
+    for kind, result in (("seg", seg), ("sr", sr), ("sc", sc)):
         if result is None:
             continue
         target = folder / f"{kind}.dcm"

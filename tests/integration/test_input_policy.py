@@ -92,8 +92,13 @@ def run(source: Dataset | Path, segmenter: Segmenter, tmp_path: Path, **kw: obje
     return process_instance(path, 1, segmenter, options(tmp_path, **kw))
 
 
+def result_file(results: Results, kind: str) -> Path:
+    """The file of one result kind ("seg", "sc", "sr"): Results lists files in uids order."""
+    return results.files[list(results.uids).index(kind)]
+
+
 def seg_mask(results: Results, source: Dataset) -> np.ndarray:
-    seg = hd.seg.segread(results.files[0])
+    seg = hd.seg.segread(result_file(results, "seg"))
     pixels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
     )
@@ -103,7 +108,7 @@ def seg_mask(results: Results, source: Dataset) -> np.ndarray:
 def assert_segmented(results: Results, source: Dataset, mass: Mass = MASS) -> np.ndarray:
     """SEG, SC and SR written; the SEG lies on the synthetic mass; the mask returned."""
     assert set(results.uids) == {"seg", "sc", "sr"}
-    assert [path.name for path in results.files] == ["seg.dcm", "sc.dcm", "sr.dcm"]
+    assert [path.name for path in results.files] == ["seg.dcm", "sr.dcm", "sc.dcm"]
     mask = seg_mask(results, source)
     truth = mass_mask(int(source.Rows), int(source.Columns), [mass])
     assert mask.shape == truth.shape
@@ -112,7 +117,7 @@ def assert_segmented(results: Results, source: Dataset, mass: Mass = MASS) -> np
 
 
 def sr_method(results: Results) -> str:
-    sr = pydicom.dcmread(results.files[2])
+    sr = pydicom.dcmread(result_file(results, "sr"))
     for item in sr.ContentSequence[-1].ContentSequence[0].ContentSequence:
         if item.ValueType == "NUM":
             return str(item.ContentSequence[0].ConceptCodeSequence[0].CodeValue)
@@ -161,7 +166,7 @@ def test_real_cbis_ddsm_secondary_capture_is_segmented(
     results = run(REAL_CASES[0], segmenter, tmp_path)
     assert "sc" in results.uids and "sr" in results.uids
     assert set(results.uids) <= {"seg", "sc", "sr"}
-    sc = pydicom.dcmread(results.files[-2])
+    sc = pydicom.dcmread(result_file(results, "sc"))
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
@@ -298,10 +303,10 @@ def test_laterality_instead_of_image_laterality(segmenter: Segmenter, tmp_path: 
     source.Laterality = "L"
     results = run(source, segmenter, tmp_path)
     assert_segmented(results, source)
-    seg = pydicom.dcmread(results.files[0])
+    seg = pydicom.dcmread(result_file(results, "seg"))
     modifier = seg.SegmentSequence[0].AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0]
     assert modifier.CodeMeaning == "Left"
-    assert pydicom.dcmread(results.files[1]).Laterality == "L"
+    assert pydicom.dcmread(result_file(results, "sc")).Laterality == "L"
 
 
 @pytest.mark.parametrize("bits_stored", [10, 12, 14, 16])
@@ -361,8 +366,8 @@ def test_voi_index_picks_the_configured_window(segmenter: Segmenter, tmp_path: P
     first = run(source, segmenter, tmp_path / "first")
     assert_segmented(first, source)
     second = run(source, segmenter, tmp_path / "second", voi_index=1)
-    first_sc = pydicom.dcmread(first.files[1]).pixel_array
-    second_sc = pydicom.dcmread(second.files[-2]).pixel_array
+    first_sc = pydicom.dcmread(result_file(first, "sc")).pixel_array
+    second_sc = pydicom.dcmread(result_file(second, "sc")).pixel_array
     assert second_sc[100:200, 20:80].mean() > first_sc[100:200, 20:80].mean() + 50
 
 

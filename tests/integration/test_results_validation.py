@@ -428,7 +428,7 @@ def test_sr_area_of_a_known_mass_is_within_5_percent(
         TruthSegmenter(mass),  # type: ignore[arg-type]
         site_options(tmp_path / "outbox"),
     )
-    sr = hd.sr.srread(results.files[2])
+    sr = hd.sr.srread(results.files[list(results.uids).index("sr")])
     (segment_group, box_group) = sr.content.get_planar_roi_measurement_groups()
     area = segment_group.get_measurements(name=codes.SCT.Area)[0].value
     diameter = segment_group.get_measurements(name=codes.SCT.LongAxis)[0].value
@@ -522,8 +522,9 @@ def jpeg_capture(
     jpeg = process_instance(
         outcome.source_path, 2, segmenter, site_options(tmp_path, sc_compression="jpeg")
     )
-    assert pydicom.dcmread(jpeg.files[1]).file_meta.TransferSyntaxUID == JPEGBaseline8Bit
-    return jpeg.files[1]
+    capture = jpeg.files[list(jpeg.uids).index("sc")]
+    assert pydicom.dcmread(capture).file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    return capture
 
 
 def send_to_orthanc(files: list[Path], study_uid: str, tmp_path: Path) -> dict[str, Dataset]:
