@@ -268,7 +268,7 @@ def storescp(
     aet: str = "STORESCP",
     port: int | None = None,
     unique_names: bool = True,
-    sleep_during_s: int = 0,
+    sleep_after_s: int = 0,
 ) -> Iterator[tuple[int, Path]]:
     """DCMTK storescp as a destination; yields (port, folder it writes to).
 
@@ -289,7 +289,7 @@ def storescp(
             str(out),
             "+xa",
             "+uf" if unique_names else "-uf",
-            *(["--sleep-during", str(sleep_during_s)] if sleep_during_s else []),
+            *(["--sleep-after", str(sleep_after_s)] if sleep_after_s else []),
             str(port),
         ],
         stdout=log,

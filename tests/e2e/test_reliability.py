@@ -89,7 +89,7 @@ def test_kill_9_in_every_state_loses_nothing_and_delivers_once(tmp_path: Path) -
     )
     port = free_port()
     # A slow destination (1 s per object) keeps jobs in SENDING too.
-    with storescp(tmp_path / "dest", sleep_during_s=1) as (dest_port, received):
+    with storescp(tmp_path / "dest", sleep_after_s=1) as (dest_port, received):
         args = ["--destination", f"STORESCP@127.0.0.1:{dest_port}"]
         acknowledged: list[str] = []
         states_at_kill: list[dict[str, int]] = []
