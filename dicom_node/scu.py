@@ -55,13 +55,15 @@ def _association(
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    # A compressed syntax gets a context of its own (an SCP picks one syntax per
+    # context, and would pick the uncompressed one if offered together), plus one
+    # uncompressed context per SOP class as the fallback (PS3.5 10.1).
     for sop_class, syntax in sorted(contexts):
-        ae.add_requested_context(
-            sop_class,
-            [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-            if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-            else [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
-        )
+        if syntax not in uncompressed:
+            ae.add_requested_context(sop_class, [syntax])
+    for sop_class in sorted({sop_class for sop_class, _ in contexts}):
+        ae.add_requested_context(sop_class, uncompressed)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         raise SendError(
@@ -82,7 +84,8 @@ def _fit_to_context(assoc: Any, ds: Dataset) -> None:
     if syntax in accepted or not syntax.is_compressed or not accepted:
         return
     try:
-        ds.decompress()
+        # Same instance, other encoding: keep the SOP Instance UID (PS3.5 10.1).
+        ds.decompress(generate_instance_uid=False)
     except Exception as exc:  # decoder errors of any kind: the send fails with the reason
         raise SendError(
             f"cannot decompress {ds.SOPInstanceUID} for a peer that accepts "

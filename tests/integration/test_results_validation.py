@@ -556,12 +556,6 @@ def test_orthanc_stores_the_results_as_sent(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="dicom_node.scu offers [JPEG Baseline, Explicit, Implicit] in one presentation "
-    "context; Orthanc picks Explicit VR LE and the SCU's ds.decompress() gives the SC a new "
-    "SOP Instance UID (pydicom 3 default generate_instance_uid=True)",
-)
 def test_orthanc_stores_a_jpeg_capture_as_sent(
     outcome_of: Callable[[str], Outcome], jpeg_capture: Path, tmp_path: Path
 ) -> None:

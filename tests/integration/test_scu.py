@@ -1,0 +1,85 @@
+"""The SCU against in-process peers: compressed files as they are, or decompressed, same UID."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
+
+from dicom_node.scu import Destination, SendError, echo, send_files
+from dicom_node.status import Status
+from tests.conftest import free_port
+from tests.synthetic import synthetic_mammogram, write
+
+MG = DigitalMammographyXRayImageStorageForPresentation
+
+
+def peer(syntaxes: list[str], received: list[Dataset]):  # type: ignore[no-untyped-def]
+    port = free_port()
+    ae = AE(ae_title="PEER")
+    ae.add_supported_context(MG, syntaxes)
+    ae.add_supported_context(Verification)
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return int(Status.SUCCESS)
+
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    return server, Destination("PEER", "127.0.0.1", port)
+
+
+@pytest.fixture
+def rle_file(tmp_path: Path) -> Path:
+    return write(
+        synthetic_mammogram(rows=64, columns=48, seed=77, transfer_syntax=RLELossless),
+        tmp_path / "rle.dcm",
+    )
+
+
+@pytest.mark.parametrize(
+    ("syntaxes", "arrives_as"),
+    [
+        ([RLELossless, ExplicitVRLittleEndian], RLELossless),
+        ([ExplicitVRLittleEndian, ImplicitVRLittleEndian], None),
+    ],
+)
+def test_compressed_file_as_is_or_decompressed_with_the_same_uid(
+    rle_file: Path, syntaxes: list[str], arrives_as: str | None
+) -> None:
+    received: list[Dataset] = []
+    server, destination = peer(syntaxes, received)
+    try:
+        send_files(destination, [rle_file], calling_ae="MAMMOSEG")
+    finally:
+        server.shutdown()
+    sent = pydicom.dcmread(rle_file)
+    (got,) = received
+    assert got.SOPInstanceUID == sent.SOPInstanceUID
+    if arrives_as:
+        assert got.file_meta.TransferSyntaxUID == arrives_as
+    else:
+        assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert (got.pixel_array == sent.pixel_array).all()
+
+
+def test_unreachable_destination_is_a_send_error() -> None:
+    destination = Destination("NOBODY", "127.0.0.1", free_port())
+    with pytest.raises(SendError, match="not established"):
+        echo(destination, calling_ae="MAMMOSEG", timeout_s=3)
+
+
+def test_echo_succeeds() -> None:
+    server, destination = peer([ExplicitVRLittleEndian], [])
+    try:
+        assert echo(destination, calling_ae="MAMMOSEG") is Status.SUCCESS
+    finally:
+        server.shutdown()
