@@ -85,8 +85,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--plateau-patience", type=int, default=d.plateau_patience)
     p.add_argument("--min-lr", type=float, default=d.min_lr)
     p.add_argument(
-        "--bn-momentum", type=float, default=d.bn_momentum, help="BatchNorm momentum in phase 2"
+        "--phase2-bn",
+        default=d.phase2_bn,
+        choices=["frozen", "train"],
+        help="phase 2: keep the encoder's BatchNorm in inference mode, or train it",
     )
+    p.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=d.bn_momentum,
+        help="BatchNorm momentum in phase 2 with --phase2-bn train",
+    )
+    p.add_argument("--init-weights", help="start a new run from these weights (.weights.h5)")
     p.add_argument("--bn-reestimate-batches", type=int, default=d.bn_reestimate_batches)
     p.add_argument(
         "--time-budget-min",
@@ -236,7 +246,9 @@ def _run_train(args: argparse.Namespace) -> int:
         plateau_factor=args.plateau_factor,
         plateau_patience=args.plateau_patience,
         min_lr=args.min_lr,
+        phase2_bn=args.phase2_bn,
         bn_momentum=args.bn_momentum,
+        init_weights=args.init_weights,
         bn_reestimate_batches=args.bn_reestimate_batches,
         time_budget_min=args.time_budget_min,
         log_every=args.log_every,

@@ -90,3 +90,37 @@ def test_bn_reestimation_matches_the_data_statistics() -> None:
     assert float(np.asarray(bn.moving_mean)[0]) == pytest.approx(images.mean(), abs=0.05)
     assert float(np.asarray(bn.moving_variance)[0]) == pytest.approx(images.var(), rel=0.05)
     assert bn.trainable is False and bn.momentum == 0.999
+
+
+@pytest.mark.parametrize("phase2_bn", ["frozen", "train"])
+def test_phase_trainability(phase2_bn: str, tmp_path: Path) -> None:
+    from model_export.architectures import build_mobilenetv2_resunet
+
+    model = build_mobilenetv2_resunet((32, 32, 3), encoder_weights=None)
+    config = tiny_config(tmp_path, tmp_path / "run", phase2_bn=phase2_bn, bn_momentum=0.9)
+    train.set_phase_trainability(model, 1, config)
+    assert not model.get_layer("Conv1").trainable and not model.get_layer("bn_Conv1").trainable
+    assert model.get_layer("decoder_stage1_res_a_bn").trainable
+    train.set_phase_trainability(model, 2, config)
+    assert model.get_layer("Conv1").trainable
+    assert model.get_layer("bn_Conv1").trainable == (phase2_bn == "train")
+    assert model.get_layer("bn_Conv1").momentum == (0.9 if phase2_bn == "train" else 0.999)
+    encoder_bns = train.batchnorm_names(model, encoder=True)
+    decoder_bns = train.batchnorm_names(model, encoder=False)
+    assert "bn_Conv1" in encoder_bns and "decoder_stage1_res_a_bn" in decoder_bns
+    assert not set(encoder_bns) & set(decoder_bns)
+
+
+def test_bn_reestimation_can_be_limited_to_named_layers() -> None:
+    import keras
+
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.BatchNormalization(name="kept")(inputs)
+    outputs = keras.layers.BatchNormalization(name="renewed")(x)
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(1).normal(5.0, 1.0, size=(8, 4, 4)).astype(np.float32)
+    train.reestimate_bn_statistics(model, images, batch_size=4, channels=1, layer_names=["renewed"])
+    assert float(np.asarray(model.get_layer("kept").moving_mean)[0]) == 0.0
+    assert float(np.asarray(model.get_layer("renewed").moving_mean)[0]) == pytest.approx(
+        5.0, abs=0.2
+    )
