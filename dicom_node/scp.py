@@ -232,6 +232,11 @@ class StorageSCP:
         try:
             encoded = event.encoded_dataset(include_meta=True)
             ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            # pydicom parses lazily: read what we need here, inside the guard.
+            sop_class_uid = ds.get("SOPClassUID")
+            dataset_uid = ds.get("SOPInstanceUID")
+            study_uid = str(ds.get("StudyInstanceUID", ""))
+            series_uid = str(ds.get("SeriesInstanceUID", ""))
         except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the peer sent it
             log.warning(
                 "refused %s on %s: cannot parse dataset (%s)",
@@ -240,16 +245,11 @@ class StorageSCP:
                 type(exc).__name__,
             )
             return Status.CANNOT_UNDERSTAND
-        if (
-            ds.get("SOPClassUID") != req.AffectedSOPClassUID
-            or ds.get("SOPInstanceUID") != sop_instance_uid
-        ):
+        if sop_class_uid != req.AffectedSOPClassUID or dataset_uid != sop_instance_uid:
             log.warning(
                 "refused %s on %s: dataset UIDs differ from the request", sop_instance_uid, assoc_id
             )
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        study_uid = ds.get("StudyInstanceUID", "")
-        series_uid = ds.get("SeriesInstanceUID", "")
         if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
             log.error("refused %s on %s: free disk below the watermark", sop_instance_uid, assoc_id)
             return Status.OUT_OF_RESOURCES

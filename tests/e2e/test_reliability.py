@@ -33,6 +33,7 @@ from tests.tiny_model import write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TERMINAL = {"DONE", "FAILED", "SKIPPED"}
+MG = DigitalMammographyXRayImageStorageForPresentation
 TS_FLAGS = {
     ExplicitVRLittleEndian: [],
     RLELossless: ["-xr"],
@@ -227,6 +228,25 @@ def test_gives_up_into_failed_with_the_reason(tmp_path: Path) -> None:
     assert "NOBODY@127.0.0.1" in job["reason"]
 
 
+def storescu_profile(path: Path) -> Path:
+    """A DCMTK storescu profile proposing every syntax of the test in its own context."""
+    names = {
+        ExplicitVRLittleEndian: "Explicit",
+        RLELossless: "RLE",
+        JPEGLSLossless: "JPEGLS",
+        JPEG2000Lossless: "J2K",
+    }
+    lines = ["[[TransferSyntaxes]]"]
+    for uid, name in names.items():
+        lines += [f"[{name}]", f"TransferSyntax1 = {uid}"]
+    lines += ["[[PresentationContexts]]", "[MGContexts]"]
+    for i, name in enumerate(names.values(), start=1):
+        lines.append(f"PresentationContext{i} = {MG}\\{name}")
+    lines += ["[[Profiles]]", "[Mixed]", "PresentationContexts = MGContexts"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_four_concurrent_storescu_times_50_mixed(tmp_path: Path) -> None:
     syntaxes = list(TS_FLAGS)
     sizes = [(512, 416), (1024, 832), (2048, 1664), (301, 203)]
@@ -254,35 +274,28 @@ def test_four_concurrent_storescu_times_50_mixed(tmp_path: Path) -> None:
         )
         try:
             start = time.monotonic()
-            procs = []
-            for batch in batches:
-                flags = sorted(
-                    {
-                        f
-                        for p in batch
-                        for f in TS_FLAGS[
-                            pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
-                        ]
-                    }
+            profile = storescu_profile(tmp_path / "storescu.cfg")
+            procs = [
+                subprocess.Popen(
+                    [
+                        "storescu",
+                        "-aet",
+                        "PACS",
+                        "-aec",
+                        "MAMMOSEG",
+                        "-xf",
+                        str(profile),
+                        "Mixed",
+                        "127.0.0.1",
+                        str(node.dicom_port),
+                        *map(str, batch),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                 )
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            "storescu",
-                            "-aet",
-                            "PACS",
-                            "-aec",
-                            "MAMMOSEG",
-                            *flags,
-                            "127.0.0.1",
-                            str(node.dicom_port),
-                            *map(str, batch),
-                        ],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                    )
-                )
+                for batch in batches
+            ]
             outputs = [p.communicate(timeout=600)[0] for p in procs]
             received_s = time.monotonic() - start
             assert all(p.returncode == 0 for p in procs), outputs
