@@ -138,10 +138,8 @@ def build_overlay_capture(
     _check_inputs(source, image, mask, series_number, series_description, max_size, alpha)
     compression = _check_compression(compression, jpeg_quality)
     rows, columns = image.shape
-    out_rows, out_columns = _output_size(rows, columns, max_size)
-    gray = _gray8(image, out_rows, out_columns)
-    small_mask = _nearest(mask, out_rows, out_columns)
-    rgb = _blend(gray, small_mask, alpha)
+    rgb, small_mask = overlay_rgb(image, mask, max_size=max_size, alpha=alpha)
+    out_rows, out_columns = small_mask.shape
     laterality = source_laterality(source)
     _draw_text(rgb, provenance, found=bool(small_mask.any()), laterality=laterality)
 
@@ -281,6 +279,19 @@ def _check_inputs(
         raise ValueError(f"max_size must be None or >= {MIN_MAX_SIZE}, got {max_size}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def overlay_rgb(
+    image: np.ndarray, mask: np.ndarray, *, max_size: int | None, alpha: float = DEFAULT_ALPHA
+) -> tuple[np.ndarray, np.ndarray]:
+    """The display image in gray with the mask in red (and a red contour), downscaled.
+
+    Returns the RGB uint8 picture and the mask at its size. Shared by the
+    Secondary Capture and the upload API, so both look the same.
+    """
+    out_rows, out_columns = _output_size(image.shape[0], image.shape[1], max_size)
+    small_mask = _nearest(mask, out_rows, out_columns)
+    return _blend(_gray8(image, out_rows, out_columns), small_mask, alpha), small_mask
 
 
 def _output_size(rows: int, columns: int, max_size: int | None) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+from dicom_node.capture import overlay_rgb
 from service.inference import Segmenter
 from service.preprocess import threshold_mask
 
@@ -48,7 +49,6 @@ _ALIASES: Final = {
 _UNSPECIFIC: Final = ("", "application/octet-stream", "binary/octet-stream")
 MAX_PIXELS: Final = 80_000_000
 ALPHA: Final = 0.4
-RED: Final = (255, 0, 0)
 DEFAULT_OVERLAY_SIZE: Final = 1024
 #: Without a pixel spacing, regions smaller than this fraction of the image are specks.
 MIN_AREA_FRACTION: Final = 1e-4
@@ -329,41 +329,11 @@ def measure(
     return lesions
 
 
-def _fit(rows: int, columns: int, max_size: int) -> tuple[int, int]:
-    longer = max(rows, columns)
-    if longer <= max_size:
-        return rows, columns
-    scale = max_size / longer
-    return max(1, round(rows * scale)), max(1, round(columns * scale))
-
-
-def _nearest(mask: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    if mask.shape == (rows, columns):
-        return mask
-    r = np.minimum(
-        ((np.arange(rows) + 0.5) * mask.shape[0] / rows).astype(np.intp), mask.shape[0] - 1
-    )
-    c = np.minimum(
-        ((np.arange(columns) + 0.5) * mask.shape[1] / columns).astype(np.intp), mask.shape[1] - 1
-    )
-    return mask[np.ix_(r, c)]
-
-
 def overlay_png(result: UploadResult, *, max_size: int = DEFAULT_OVERLAY_SIZE) -> bytes:
     """The image in gray with the mask in red at alpha 0.4, a red contour and lesion numbers."""
     pixels = result.image.pixels
-    rows, columns = _fit(pixels.shape[0], pixels.shape[1], max_size)
-    gray8 = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    gray = Image.fromarray(gray8)
-    if (rows, columns) != pixels.shape:
-        gray = gray.resize((columns, rows), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    rgb = np.repeat(np.asarray(gray)[:, :, None], 3, axis=2)
-    mask = _nearest(result.mask, rows, columns)
-    if mask.any():
-        kept = rgb[mask].astype(np.float32) * np.float32(1.0 - ALPHA)
-        rgb[mask] = np.rint(kept + np.float32(ALPHA) * np.array(RED, np.float32)).astype(np.uint8)
-        width = max(1, round(max(rows, columns) / 512))
-        rgb[mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)] = RED
+    rgb, _ = overlay_rgb(pixels, result.mask, max_size=max_size, alpha=ALPHA)
+    rows, columns = rgb.shape[:2]
     canvas = Image.fromarray(rgb)
     draw = ImageDraw.Draw(canvas)
     size = max(12, round(min(rows, columns) / 30))
