@@ -169,6 +169,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--int8", help="also write a static INT8 (QDQ) model here")
     p.add_argument("--calibration-images", type=int, default=64)
     p.add_argument("--int8-min-dice", type=float, default=0.98)
+    p.add_argument(
+        "--int8-calibration", default="minmax", choices=["minmax", "percentile", "entropy"]
+    )
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -303,6 +306,7 @@ def _run_export(args: argparse.Namespace) -> int:
         int8_path=args.int8,
         calibration_images=args.calibration_images,
         int8_min_dice=args.int8_min_dice,
+        int8_calibration=args.int8_calibration,
     )
     report = export_model(args.model, args.out, options, data=args.data)
     return EXIT_FAILED if report.int8_refused else EXIT_OK

@@ -57,6 +57,8 @@ class ExportOptions:
     calibration_images: int = 64
     int8_min_dice: float = 0.98
     int8_per_channel: bool = True
+    #: "minmax", "percentile" (99.99th, the most faithful here) or "entropy".
+    int8_calibration: str = "minmax"
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,7 @@ def quantize_int8(
     contract: ModelContract,
     *,
     per_channel: bool = True,
+    calibration_method: str = "minmax",
 ) -> Path:
     """Static INT8 QDQ (QUInt8 activations, QInt8 weights), calibrated on ``calibration``.
 
@@ -307,6 +310,7 @@ def quantize_int8(
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -325,6 +329,14 @@ def quantize_int8(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
+    methods = {
+        "minmax": (CalibrationMethod.MinMax, {}),
+        "percentile": (CalibrationMethod.Percentile, {"CalibPercentile": 99.99}),
+        "entropy": (CalibrationMethod.Entropy, {}),
+    }
+    if calibration_method not in methods:
+        raise ExportError(f"unknown calibration method {calibration_method!r}")
+    method, extra = methods[calibration_method]
     fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
     with tempfile.TemporaryDirectory(prefix="mammoseg-int8-") as tmp:
         tmp_dir = Path(tmp)
@@ -340,6 +352,8 @@ def quantize_int8(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                calibrate_method=method,
+                extra_options=extra,
             )
             proto = onnx.load(str(out))
     int8_contract = contract.model_copy(
@@ -458,7 +472,14 @@ def _export_int8(
     int8_path = Path(options.int8_path or "")
     calibration = check_images(data, contract, options.calibration_images, seed=1)
     partial = int8_path.with_name(int8_path.name + ".partial")
-    quantize_int8(fp32_path, partial, calibration, contract, per_channel=options.int8_per_channel)
+    quantize_int8(
+        fp32_path,
+        partial,
+        calibration,
+        contract,
+        per_channel=options.int8_per_channel,
+        calibration_method=options.int8_calibration,
+    )
     held = check_images(data, contract, max(options.parity_images, 32), seed=2)
     fp32_session, int8_session = _session(fp32_path), _session(partial)
     a = run_onnx(fp32_session, held) >= contract.threshold

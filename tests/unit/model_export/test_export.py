@@ -119,3 +119,16 @@ def test_int8_below_the_dice_floor_is_refused(
     report = export.export_model(tiny_keras_file, tmp_path / "f.onnx", options, data=pair_tree)
     assert report.int8_refused and report.int8_dice is not None
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_unknown_calibration_method_is_refused(tiny_model: object, tmp_path: Path) -> None:
+    import onnx
+
+    contract = export.make_contract(tiny_model, OPTIONS)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(export.convert_to_onnx(tiny_model, contract), str(fp32))
+    calibration = np.zeros((1, 32, 32, 3), np.float32)
+    with pytest.raises(export.ExportError, match="calibration method"):
+        export.quantize_int8(
+            fp32, tmp_path / "q.onnx", calibration, contract, calibration_method="guess"
+        )
