@@ -55,6 +55,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     _node_options(p, network=False)
 
 
+def _segment_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from service.segment_files import add_arguments
+
+    p = sub.add_parser(
+        "segment",
+        help="segment image files (PNG, JPEG, TIFF, DICOM) into masks, overlays and DICOM results",
+    )
+    add_arguments(p)
+
+
 def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from service.bench import add_arguments
 
@@ -114,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"mammoseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _segment_parser(sub)
     _bench_parser(sub)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (training side; needs the train extra)", add_help=False)
     args = parser.parse_args(argv)
     if args.command in ("serve", "worker"):
         return serve(args)
+    if args.command == "segment":
+        from service.segment_files import main as segment_main
+
+        return segment_main(args)
     if args.command == "bench":
         from service.bench import main as bench_main
 

@@ -1,0 +1,124 @@
+"""``mammoseg segment PATH... --out DIR``: the model on files, without a node.
+
+For every input (PNG, JPEG, TIFF or DICOM) it writes ``<name>-mask.png`` at the
+input's size (0 outside, 255 inside), ``<name>-overlay.png`` (red at alpha 0.4,
+as the node's Secondary Capture) and ``<name>.json`` (lesions, areas, boxes,
+probabilities). For a DICOM mammogram it also writes the node's results:
+``<name>-seg.dcm``, ``<name>-sc.dcm`` and ``<name>-sr.dcm``. Needs the runtime
+only (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from service.inference import Segmenter, load_segmenter
+from service.pipeline import JobFailed, JobSkipped, process_instance
+from service.settings import Settings, SettingsError, load_settings
+from service.upload import UploadError, mask_png, overlay_png, segment_upload, sniff
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", type=Path, help="images: PNG, JPEG, TIFF or DICOM")
+    p.add_argument("--out", type=Path, required=True, help="folder for the results")
+    p.add_argument("--model-path", type=Path, help="ONNX model (default: the shipped model)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    p.add_argument("--min-lesion-area-mm2", type=float, help="drop smaller regions (default 10)")
+    p.add_argument(
+        "--pixel-spacing-mm", type=float, help="for pictures without spacing: mm per pixel"
+    )
+
+
+def segment_file(
+    path: Path, out: Path, segmenter: Segmenter, settings: Settings, pixel_spacing_mm: float | None
+) -> dict[str, object]:
+    """Write the outputs for one file; returns its summary (also written as JSON)."""
+    data = path.read_bytes()
+    result = segment_upload(
+        data,
+        None,
+        segmenter,
+        threshold=settings.threshold or segmenter.contract.threshold,
+        min_lesion_area_mm2=settings.min_lesion_area_mm2,
+        pixel_spacing_mm=pixel_spacing_mm,
+    )
+    stem = path.stem
+    (out / f"{stem}-mask.png").write_bytes(mask_png(result.mask))
+    (out / f"{stem}-overlay.png").write_bytes(overlay_png(result))
+    summary: dict[str, object] = {
+        "input": str(path),
+        "format": result.image.format,
+        "rows": int(result.mask.shape[0]),
+        "columns": int(result.mask.shape[1]),
+        "pixel_spacing_mm": result.image.spacing_mm,
+        "spacing_source": result.image.spacing_source,
+        "threshold": result.threshold,
+        "lesions": [dataclasses.asdict(lesion) for lesion in result.lesions],
+        "dicom_results": {},
+    }
+    if sniff(data) == "DICOM":
+        summary["dicom_results"] = _dicom_results(path, out, segmenter, settings)
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _dicom_results(
+    path: Path, out: Path, segmenter: Segmenter, settings: Settings
+) -> dict[str, str]:
+    from service.node import pipeline_options
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        options = dataclasses.replace(pipeline_options(settings, segmenter), outbox_dir=Path(tmp))
+        try:
+            results = process_instance(path, 0, segmenter, options)
+        except (JobFailed, JobSkipped) as exc:
+            return {"not_written": str(exc)}
+        written = {}
+        for produced in results.files:
+            target = out / f"{path.stem}-{produced.stem}.dcm"
+            shutil.move(produced, target)
+            written[produced.stem] = str(target)
+        return written
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = {
+        "model_path": args.model_path,
+        "threshold": args.threshold,
+        "min_lesion_area_mm2": args.min_lesion_area_mm2,
+        "min_free_mb": 0,
+        "data_dir": args.out,
+    }
+    try:
+        settings = load_settings(None, **overrides)
+    except SettingsError as exc:
+        print(f"mammoseg segment: {exc}", file=sys.stderr)
+        return 2
+    from service.contract import ContractError
+
+    try:
+        segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
+    except ContractError as exc:
+        print(f"mammoseg segment: {exc}", file=sys.stderr)
+        return 3
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.paths:
+        try:
+            summary = segment_file(path, args.out, segmenter, settings, args.pixel_spacing_mm)
+        except (UploadError, OSError) as exc:
+            failures += 1
+            print(f"{path}: not segmented: {exc}", file=sys.stderr)
+            continue
+        lesions = list(summary["lesions"])  # type: ignore[call-overload]
+        print(
+            f"{path}: {len(lesions)} lesion(s) -> {args.out}/{path.stem}-*.png/json"
+            + (" + SEG/SC/SR" if summary["dicom_results"] else "")
+        )
+    return 1 if failures else 0
