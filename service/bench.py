@@ -355,6 +355,17 @@ def default_keras_weights() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def describe_model(path: Path) -> str:
+    """Name, version and hash of the model under test (the figures belong to it)."""
+    from service.inference import file_sha256, read_contract
+
+    contract = read_contract(path)
+    return (
+        f"{contract.model_name} {contract.model_version} "
+        f"({path.name}, sha256 {file_sha256(path)[:12]})"
+    )
+
+
 def run_model(options: BenchOptions, report: Report) -> None:
     from service import bench_model as bm
 
@@ -376,9 +387,21 @@ def run_model(options: BenchOptions, report: Report) -> None:
     if gflops is not None:
         ort_rates.append(bm.ort_matmul_gflops(threads))
 
-    fp32 = {b: bm.ort_latency(session, inputs, batch=b, repeats=options.repeats) for b in (1, 4)}
+    # Every ONNX Runtime configuration is timed in turn, round by round (fair ratios).
+    calls = {f"fp32 b{b}": bm.ort_call(session, inputs, batch=b) for b in (1, 4)}
+    for t in range(1, (os.cpu_count() or 1) + 1):
+        if t != threads:
+            calls[f"fp32 b1 t{t}"] = bm.ort_call(bm.load_session(model, t), inputs, batch=1)
+    int8_path = options.int8 or default_int8(model)
+    int8 = None
+    if int8_path is not None and int8_path.is_file():
+        int8 = bm.load_session(int8_path, threads)
+        calls.update({f"int8 b{b}": bm.ort_call(int8, inputs, batch=b) for b in (1, 4)})
+    rounds = min(4, options.repeats)
+    timed = bm.measure_interleaved(calls, rounds=rounds, repeats=max(1, options.repeats // rounds))
+    fp32 = {b: timed[f"fp32 b{b}"] for b in (1, 4)}
     sweep = {
-        t: bm.ort_latency(bm.load_session(model, t), inputs, batch=1, repeats=options.repeats)
+        t: timed[f"fp32 b1 t{t}"] if t != threads else fp32[1]
         for t in range(1, (os.cpu_count() or 1) + 1)
     }
     # Rates again after the model runs: the best of both brackets the model's timings.
@@ -433,16 +456,26 @@ def run_model(options: BenchOptions, report: Report) -> None:
             )
             + tuple(
                 (
-                    f"batch 1, {t} thread{'s' if t > 1 else ''} (sweep)",
+                    f"batch 1, {t} thread{'s' if t > 1 else ''}",
                     f"{lat.best_s * 1e3:.1f}",
                     f"{lat.median_s * 1e3:.1f}",
                 )
                 for t, lat in sweep.items()
+                if t != threads
             ),
+            note="All configurations timed in turn, round by round "
+            f"({rounds} rounds), best and median of all runs.",
         )
     )
     _keras_part(options, report, session, inputs, fp32, threads)
-    _int8_part(options, report, model, session, inputs, fp32, threads, contract.threshold)
+    if int8 is None:
+        report.skip(
+            "INT8 / fp32",
+            "skipped: no INT8 model (pass --int8, or export one with mammoseg export --int8)",
+        )
+    else:
+        int8_latency = {b: timed[f"int8 b{b}"] for b in (1, 4)}
+        _int8_part(report, session, int8, inputs, fp32, int8_latency, contract.threshold)
 
 
 def _keras_part(
@@ -490,26 +523,16 @@ def _keras_part(
 
 
 def _int8_part(
-    options: BenchOptions,
     report: Report,
-    model: Path,
     session: Any,
+    int8: Any,
     inputs: np.ndarray,
     fp32: dict[int, Any],
-    threads: int,
+    latency: dict[int, Any],
     threshold: float,
 ) -> None:
     from service import bench_model as bm
 
-    int8_path = options.int8 or default_int8(model)
-    if int8_path is None or not int8_path.is_file():
-        report.skip(
-            "INT8 / fp32",
-            "skipped: no INT8 model (pass --int8, or export one with mammoseg export --int8)",
-        )
-        return
-    int8 = bm.load_session(int8_path, threads)
-    latency = {b: bm.ort_latency(int8, inputs, batch=b, repeats=options.repeats) for b in (1, 4)}
     a = bm.predict(session, inputs) >= threshold
     b = bm.predict(int8, inputs) >= threshold
     dice = bm.mask_dice(a, b)
@@ -824,6 +847,7 @@ def run(options: BenchOptions, *, log: Callable[[str], None] = print) -> Report:
         machine=machine_description(options.thread_count),
         command="mammoseg " + " ".join(sys.argv[1:]),
     )
+    report.machine["model"] = describe_model(options.model or default_model())
     sections = set(options.sections)
     owned = options.work_dir is None
     root = options.work_dir or Path(tempfile.mkdtemp(prefix="mammoseg-bench-"))

@@ -72,6 +72,36 @@ def measure(call: Callable[[], object], *, repeats: int, per: int = 1, warmup: i
     return Latency(best_s=min(times), median_s=statistics.median(times), runs=repeats)
 
 
+def measure_interleaved(
+    calls: dict[str, tuple[Callable[[], object], int]],
+    *,
+    rounds: int,
+    repeats: int,
+    warmup: int = 2,
+) -> dict[str, Latency]:
+    """Time several ``(call, items per call)`` in turn, ``repeats`` each per round.
+
+    Alternating configurations round by round spreads a shared machine's
+    disturbances over all of them, so their ratios stay fair.
+    """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got {rounds}, {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call, _ in calls.values():
+        for _ in range(warmup):
+            call()
+    for _ in range(rounds):
+        for name, (call, per) in calls.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) / per)
+    return {
+        name: Latency(best_s=min(t), median_s=statistics.median(t), runs=len(t))
+        for name, t in times.items()
+    }
+
+
 # --------------------------------------------------------------------------- FLOPs
 
 
@@ -253,14 +283,15 @@ def model_inputs(contract: ModelContract, count: int, *, seed: int = 0) -> np.nd
     return np.concatenate(tensors).astype(np.float32)
 
 
-def ort_latency(
-    session: ort.InferenceSession, inputs: np.ndarray, *, batch: int, repeats: int
-) -> Latency:
+def ort_call(
+    session: ort.InferenceSession, inputs: np.ndarray, *, batch: int
+) -> tuple[Callable[[], object], int]:
+    """One ``session.run`` on the first ``batch`` inputs, for :func:`measure_interleaved`."""
     name = session.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(inputs[:batch])}
     if feed[name].shape[0] != batch:
         raise ValueError(f"need {batch} inputs, got {feed[name].shape[0]}")
-    return measure(lambda: session.run(None, feed), repeats=repeats, per=batch)
+    return (lambda: session.run(None, feed)), batch
 
 
 def predict(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:

@@ -89,6 +89,19 @@ def test_measure_reports_seconds_per_item() -> None:
         bench_model.measure(lambda: None, repeats=0)
 
 
+def test_configurations_are_timed_in_turn() -> None:
+    order: list[str] = []
+    calls = {
+        "a": (lambda: order.append("a"), 1),
+        "b": (lambda: order.append("b"), 4),
+    }
+    timed = bench_model.measure_interleaved(calls, rounds=2, repeats=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert timed["a"].runs == timed["b"].runs == 4
+    with pytest.raises(ValueError, match="rounds"):
+        bench_model.measure_interleaved(calls, rounds=0, repeats=1)
+
+
 def test_mask_dice() -> None:
     a = np.zeros((4, 4), dtype=bool)
     assert bench_model.mask_dice(a, a) == 1.0
