@@ -57,6 +57,9 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     BreastTomosynthesisImageStorage,
 )
 
+#: The largest PDU we accept (PS3.8 9.3.1, Maximum Length Sub-Item).
+MAX_PDU_BYTES = 1 << 20
+
 #: Every transfer syntax the worker can decode (PS3.5 A.4, 8.2).
 TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
@@ -168,6 +171,10 @@ class StorageSCP:
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
+        # 1 MiB PDUs: pynetdicom's 16 KB default costs twice the CPU per image
+        # (docs/performance.md), and a bounded PDU keeps the max_dataset_bytes
+        # check (made as PDUs arrive) within 1 MiB of its limit.
+        ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.network_timeout = cfg.network_timeout_s
         ae.require_called_aet = cfg.require_called_ae_title
         if cfg.allowed_callers:
@@ -231,6 +238,15 @@ class StorageSCP:
             return Status.CANNOT_UNDERSTAND
         try:
             encoded = event.encoded_dataset(include_meta=True)
+            if cfg.max_dataset_bytes and len(encoded) > cfg.max_dataset_bytes:
+                # The last PDU may complete a message before the abort lands.
+                log.warning(
+                    "refused %s on %s: dataset larger than %d bytes",
+                    sop_instance_uid,
+                    assoc_id,
+                    cfg.max_dataset_bytes,
+                )
+                return Status.OUT_OF_RESOURCES
             ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
             # pydicom parses lazily: read what we need here, inside the guard.
             sop_class_uid = ds.get("SOPClassUID")

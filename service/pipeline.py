@@ -71,7 +71,7 @@ class PipelineOptions:
     seg_series_description: str = DEFAULT_SEG_SERIES_DESCRIPTION
     sc_series_description: str = DEFAULT_SC_SERIES_DESCRIPTION
     sr_series_description: str = DEFAULT_SR_SERIES_DESCRIPTION
-    sc_compression: ScCompression = "deflate"
+    sc_compression: ScCompression = "jpeg"
     voi_index: int = 0
     tomosynthesis_policy: Policy = "skip"
     other_modality_policy: Policy = "skip"

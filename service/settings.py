@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default=DEFAULT_SR_SERIES_DESCRIPTION, min_length=1, max_length=64
     )
     sc_compression: Literal["deflate", "jpeg", "rle", "none"] = Field(
-        default="deflate", description="Secondary Capture transfer syntax (deploy/README.md)"
+        default="jpeg", description="Secondary Capture transfer syntax (deploy/README.md)"
     )
     voi_index: int = Field(
         default=0, ge=0, le=99, description="Which VOI LUT item / window of the source to display"
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     retry_initial_s: float = Field(default=5.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     retry_give_up_s: float = Field(default=86400.0, gt=0)
-    poll_interval_s: float = Field(default=0.2, gt=0)
+    poll_interval_s: float = Field(default=0.05, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     database_url: str | None = Field(
         default=None,

@@ -381,7 +381,9 @@ def test_sc_is_a_burned_in_overlay(outcome_of: Callable[[str], Outcome], variant
     outcome = outcome_of(variant)
     capture = pydicom.dcmread(outcome.path("sc"))
     assert capture.BurnedInAnnotation == "YES"
-    assert capture.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    # The default: JPEG baseline, marked lossy (PS3.3 C.7.6.1.1.5).
+    assert capture.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert capture.LossyImageCompression == "01"
     assert capture.pixel_array.shape == (outcome.source.Rows, outcome.source.Columns, 3)
     assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == (
         outcome.source.SOPInstanceUID
