@@ -310,33 +310,8 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- Keras (child)
 
-_KERAS_CODE = """
-import json, statistics, sys, time
-import numpy as np
-request = json.loads(sys.argv[1])
-import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(request["threads"])
-tf.config.threading.set_inter_op_parallelism_threads(1)
-from model_export.export import load_keras_model
-model, _ = load_keras_model(request["weights"])
-inputs = np.load(request["inputs"])
-result = {"tensorflow": tf.__version__}
-for batch in request["batches"]:
-    x = tf.constant(inputs[:batch])
-    fn = tf.function(lambda t: model(t, training=False))
-    for _ in range(2):
-        fn(x).numpy()
-    times = []
-    for _ in range(request["repeats"]):
-        start = time.perf_counter()
-        fn(x).numpy()
-        times.append((time.perf_counter() - start) / batch)
-    result[str(batch)] = [min(times), statistics.median(times), len(times)]
-fn = tf.function(lambda t: model(t, training=False))
-outputs = [fn(inputs[i:i + 1]).numpy() for i in range(len(inputs))]
-np.save(request["outputs"], np.concatenate(outputs))
-print("BENCH-RESULT " + json.dumps(result))
-"""
+# Runs in a child process: the node's package never imports TensorFlow.
+_KERAS_MODULE = "model_export.keras_timing"
 
 
 @dataclass(frozen=True)
@@ -383,7 +358,7 @@ def keras_latency(
         }
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run(
-            [sys.executable, "-c", _KERAS_CODE, json.dumps(request)],
+            [sys.executable, "-m", _KERAS_MODULE, json.dumps(request)],
             capture_output=True,
             text=True,
             env=env,
