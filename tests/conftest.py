@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from service.bench_node import free_port
 from tests.tiny_model import write_tiny_model
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "tiny_model"]  # free_port: the bench's, one implementation
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from service import bench_node
 from tests.conftest import free_port
 
 ROUTE_LUA = """
@@ -58,15 +58,9 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:  # type: ignore[type-arg]
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return int(proc.returncode)
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20) -> int:  # type: ignore[type-arg]
+    """SIGTERM, then SIGKILL after ``timeout_s`` (the bench's helper); returns the exit code."""
+    return bench_node.stop_process(proc, timeout_s)
 
 
 @dataclass
