@@ -163,7 +163,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="NAME=VALUE added to the contract's validation metrics (repeatable)",
     )
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--crop-to-breast", action="store_true")
+    p.add_argument(
+        "--crop-to-breast",
+        action="store_true",
+        default=None,
+        help="crop to the breast box (default: as the training run's config.json says)",
+    )
     p.add_argument("--data", help="image/mask folder for the parity check and INT8 calibration")
     p.add_argument("--parity-tolerance", type=float, default=1e-4)
     p.add_argument("--int8", help="also write a static INT8 (QDQ) model here")

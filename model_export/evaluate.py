@@ -15,6 +15,7 @@ Per-image convention: an image with no mass and no prediction scores 1.0.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,10 @@ class ModelScore:
     name: str
     model: str
     images: tuple[ImageScore, ...]
+    #: Weights in the model (ONNX initializers after tf2onnx's folding, or Keras' count).
+    parameters: int | None = None
+    #: Mean time of the model call alone per image (batch 1), in milliseconds.
+    ms_per_image: float | None = None
 
     @property
     def mean_dice(self) -> float:
@@ -66,6 +71,14 @@ class ModelScore:
             float(np.mean([s.iou for s in chosen])),
             len(chosen),
         )
+
+
+def onnx_parameter_count(path: str | Path) -> int:
+    """Number of weights stored in an ONNX file's initializers."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return sum(int(np.prod(init.dims)) for init in proto.graph.initializer)
 
 
 def dice_iou(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
@@ -89,6 +102,7 @@ class _Predictor:
             self.contract = read_contract(path)
             self.session = _session(path)
             self.keras_model: Any = None
+            self.parameters = onnx_parameter_count(path)
         else:
             from model_export.export import load_keras_model
 
@@ -102,12 +116,18 @@ class _Predictor:
                 input_width=input_size,
             )
             self.session = None
+            self.parameters = int(self.keras_model.count_params())
+        self.seconds = 0.0
+        self.calls = 0
 
     def model_probability(self, tensor: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
         if self.session is not None:
             out = self.session.run(None, {self.contract.input_name: tensor})[0]
         else:
             out = np.asarray(self.keras_model(tensor, training=False))
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
         return output_to_probability(out, self.contract)
 
     def predict(self, image: np.ndarray, resolution: str) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -156,7 +176,9 @@ def evaluate_model(
                     "dice": d,
                 }
             )
-    return ModelScore(name or Path(path).stem, str(path), tuple(scores)), kept
+    ms = 1000.0 * predictor.seconds / predictor.calls if predictor.calls else None
+    score = ModelScore(name or Path(path).stem, str(path), tuple(scores), predictor.parameters, ms)
+    return score, kept
 
 
 def comparison_markdown(results: Sequence[ModelScore], *, title: str = "") -> str:
@@ -164,15 +186,17 @@ def comparison_markdown(results: Sequence[ModelScore], *, title: str = "") -> st
     lines = [f"## {title}", ""] if title else []
     lines += [
         "| model | images | mean Dice | mean IoU | Dice (with mass) | IoU (with mass) "
-        "| Dice (no mass) |",
-        "|---|---|---|---|---|---|---|",
+        "| Dice (no mass) | parameters | model ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         dm, im, nm = r.mean_over(True)
         de, _, ne = r.mean_over(False)
+        params = f"{r.parameters / 1e6:.2f} M" if r.parameters is not None else "-"
+        ms = f"{r.ms_per_image:.1f}" if r.ms_per_image is not None else "-"
         lines.append(
             f"| {r.name} | {len(r.images)} | {r.mean_dice:.4f} | {r.mean_iou:.4f} | "
-            f"{dm:.4f} (n={nm}) | {im:.4f} | {de:.4f} (n={ne}) |"
+            f"{dm:.4f} (n={nm}) | {im:.4f} | {de:.4f} (n={ne}) | {params} | {ms} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -288,6 +312,8 @@ def evaluate_models(
                     "resolution": resolution,
                     "mean_dice": score.mean_dice,
                     "mean_iou": score.mean_iou,
+                    "parameters": score.parameters,
+                    "ms_per_image": score.ms_per_image,
                     "images": [s.__dict__ for s in score.images],
                 },
                 indent=1,

@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ class ExportOptions:
     #: Further figures for the contract's validation_metrics (e.g. held-out Dice).
     extra_metrics: tuple[tuple[str, float], ...] = ()
     threshold: float = 0.5
-    crop_to_breast: bool = False
+    #: None: as the training run was configured (False for a bare ``.keras`` file).
+    crop_to_breast: bool | None = None
     parity_tolerance: float = 1e-4
     parity_images: int = 16
     int8_path: str | None = None
@@ -129,6 +130,24 @@ def load_keras_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
 # --------------------------------------------------------------------------- contract + conversion
 
 
+def resolve_crop(requested: bool | None, info: dict[str, Any]) -> bool:
+    """The contract's ``crop_to_breast``: what the run trained with, so serving matches training.
+
+    A request that contradicts the run's ``config.json`` is refused: a model
+    trained on whole images and served on crops (or the reverse) sees inputs
+    at another scale than it learnt.
+    """
+    trained = info.get("config", {}).get("crop_to_breast")
+    if trained is None:
+        return bool(requested)
+    if requested is not None and bool(requested) != bool(trained):
+        raise ExportError(
+            f"the run was trained with crop_to_breast={bool(trained)}; "
+            f"exporting it with crop_to_breast={bool(requested)} would serve it other inputs"
+        )
+    return bool(trained)
+
+
 def framework_string() -> str:
     import keras
     import tensorflow as tf
@@ -153,7 +172,7 @@ def make_contract(model: Any, options: ExportOptions) -> ModelContract:
         input_width=int(width),
         input_channels=3 if int(channels) == 3 else 1,
         normalisation="unit",
-        crop_to_breast=options.crop_to_breast,
+        crop_to_breast=bool(options.crop_to_breast),
         output_name=OUTPUT_NAME,
         output_kind="sigmoid_probability",
         threshold=options.threshold,
@@ -425,6 +444,7 @@ def export_model(
     import onnx
 
     model, info = load_keras_model(model_path)
+    options = replace(options, crop_to_breast=resolve_crop(options.crop_to_breast, info))
     state = info.get("state", {})
     final_val = state.get("final_val") or {}
     if options.val_dice is None and (final_val or state.get("best_val_dice") is not None):

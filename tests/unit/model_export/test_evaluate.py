@@ -34,6 +34,10 @@ def test_evaluate_models_writes_table_json_and_panels(pair_tree: Path, tmp_path:
     assert len(stored["images"]) == 10 and stored["resolution"] == "source"
     table = (out / "comparison.md").read_text()
     assert "| a | 10 |" in table and "| b | 10 |" in table
+    assert "| parameters | model ms/image |" in table
+    # the hand-made model stores 5 numbers: 3 slice bounds, the 0.5 and the gain
+    assert results[0].parameters == stored["parameters"] == 5
+    assert results[0].ms_per_image is not None and results[0].ms_per_image > 0
     assert (out / "comparison.png").is_file() and (out / "a.panels.png").is_file()
 
 

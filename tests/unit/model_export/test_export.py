@@ -132,3 +132,43 @@ def test_unknown_calibration_method_is_refused(tiny_model: object, tmp_path: Pat
         export.quantize_int8(
             fp32, tmp_path / "q.onnx", calibration, contract, calibration_method="guess"
         )
+
+
+@pytest.mark.parametrize(
+    ("requested", "config", "expected"),
+    [
+        (None, {}, False),
+        (True, {}, True),
+        (None, {"crop_to_breast": True}, True),
+        (None, {"crop_to_breast": False}, False),
+        (True, {"crop_to_breast": True}, True),
+    ],
+)
+def test_crop_follows_the_training_run(
+    requested: bool | None, config: dict[str, bool], expected: bool
+) -> None:
+    assert export.resolve_crop(requested, {"config": config}) is expected
+
+
+@pytest.mark.parametrize(("requested", "trained"), [(True, False), (False, True)])
+def test_crop_that_contradicts_the_run_is_refused(requested: bool, trained: bool) -> None:
+    with pytest.raises(export.ExportError, match="trained with crop_to_breast"):
+        export.resolve_crop(requested, {"config": {"crop_to_breast": trained}})
+
+
+def test_run_trained_with_crop_exports_a_cropping_contract(pair_tree: Path, tmp_path: Path) -> None:
+    import json
+
+    from model_export.architectures import build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    build_model("unet", (32, 32, 3), encoder_weights=None).save_weights(
+        str(run / "best.weights.h5")
+    )
+    (run / "config.json").write_text(
+        json.dumps({"architecture": "unet", "input_size": 32, "crop_to_breast": True})
+    )
+    report = export.export_model(run, tmp_path / "crop.onnx", OPTIONS, data=pair_tree)
+    assert report.contract.crop_to_breast is True
+    assert export.read_contract(tmp_path / "crop.onnx").crop_to_breast is True
