@@ -214,6 +214,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="score at the source image size (as served) or at model size",
     )
     p.add_argument("--input-size", type=int, default=256, help=".keras models only")
+    p.add_argument(
+        "--min-area-px",
+        type=int,
+        default=0,
+        help="drop predicted components smaller than this (the node's min_lesion_area_mm2 "
+        "in pixels of the data: 10 mm2 is 160 px at 0.25 mm)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +337,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         panels=args.panels,
         resolution=args.resolution,
         input_size=args.input_size,
+        min_area_px=args.min_area_px,
     )
     return EXIT_OK
 

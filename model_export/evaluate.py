@@ -26,6 +26,7 @@ import numpy as np
 from service.contract import ModelContract
 from service.preprocess import (
     output_to_probability,
+    threshold_mask,
     to_model_input,
     to_source_probability,
 )
@@ -146,8 +147,13 @@ def evaluate_model(
     resolution: str = "source",
     input_size: int = 256,
     keep: int = 0,
+    min_area_px: int = 0,
 ) -> tuple[ModelScore, list[dict[str, Any]]]:
-    """Score one model on image/mask pairs; also return up to ``keep`` panel records."""
+    """Score one model on image/mask pairs; also return up to ``keep`` panel records.
+
+    ``min_area_px`` drops predicted components smaller than that many pixels
+    (at the scored resolution), as the node does with ``min_lesion_area_mm2``.
+    """
     from model_export.datasets import prepare_pair, read_image, read_mask
 
     predictor = _Predictor(str(path), input_size)
@@ -163,7 +169,7 @@ def evaluate_model(
         else:
             shown_image, small_truth = prepare_pair(image, truth, predictor.contract)
             shown_truth = small_truth.astype(bool)
-        predicted = prob >= threshold
+        predicted = threshold_mask(prob, threshold, min_area_px=min_area_px)
         d, j = dice_iou(shown_truth, predicted)
         scores.append(ImageScore(pair.key, d, j, int(shown_truth.sum()), int(predicted.sum())))
         if len(kept) < keep:
@@ -173,6 +179,7 @@ def evaluate_model(
                     "image": shown_image,
                     "truth": shown_truth,
                     "prob": prob,
+                    "predicted": predicted,
                     "dice": d,
                 }
             )
@@ -249,7 +256,7 @@ def plot_panels(
         )
         row[1].set_title("ground truth", fontsize=8)
         row[2].imshow(rec["image"], cmap="gray", vmin=0, vmax=1)
-        predicted = rec["prob"] >= threshold
+        predicted = rec["predicted"] if "predicted" in rec else rec["prob"] >= threshold
         overlay = np.zeros((*predicted.shape, 4), dtype=np.float32)
         overlay[predicted] = (1.0, 0.0, 0.0, 0.4)
         row[2].imshow(overlay)
@@ -274,6 +281,7 @@ def evaluate_models(
     panels: int = 6,
     resolution: str = "source",
     input_size: int = 256,
+    min_area_px: int = 0,
 ) -> list[ModelScore]:
     """Evaluate each model on a split; write per-image JSON, Markdown + PNG comparison, panels."""
     from model_export.datasets import find_pairs, select
@@ -294,7 +302,13 @@ def evaluate_models(
     for index, model in enumerate(models):
         name = names[index] if names else Path(model).stem
         score, kept = evaluate_model(
-            model, pairs, name=name, resolution=resolution, input_size=input_size, keep=panels
+            model,
+            pairs,
+            name=name,
+            resolution=resolution,
+            input_size=input_size,
+            keep=panels,
+            min_area_px=min_area_px,
         )
         results.append(score)
         print(
@@ -310,6 +324,7 @@ def evaluate_models(
                     "data": str(data),
                     "split": split,
                     "resolution": resolution,
+                    "min_area_px": min_area_px,
                     "mean_dice": score.mean_dice,
                     "mean_iou": score.mean_iou,
                     "parameters": score.parameters,
@@ -327,6 +342,8 @@ def evaluate_models(
                 threshold = read_contract(model).threshold
             plot_panels(kept, out / f"{slug}.panels.png", threshold, title=name)
     title = f"{Path(data).name}, split {split}, {resolution} resolution"
+    if min_area_px:
+        title += f", predicted components under {min_area_px} px dropped"
     table = comparison_markdown(results, title=title)
     (out / "comparison.md").write_text(table)
     plot_comparison(results, out / "comparison.png")

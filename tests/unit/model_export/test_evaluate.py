@@ -61,3 +61,19 @@ def test_model_resolution_and_split_selection(pair_tree: Path, tmp_path: Path) -
 def test_split_needs_a_split_file(pair_tree: Path, tmp_path: Path) -> None:
     with pytest.raises(evaluate.EvaluationError, match="split-file"):
         evaluate.evaluate_models(["m.onnx"], pair_tree, tmp_path, split="val")
+
+
+def test_min_area_drops_specks_as_the_node_does(pair_tree: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = brightness_model(tmp_path / "bright.onnx")
+    plain = evaluate.evaluate_models([model], pair_tree, tmp_path / "a", panels=0)[0]
+    # larger than any disc in the tree: every prediction is dropped, so images with a
+    # mass score 0 and the table says what was done
+    huge = 10**6
+    dropped = evaluate.evaluate_models(
+        [model], pair_tree, tmp_path / "b", panels=0, min_area_px=huge
+    )[0]
+    assert plain.mean_dice > 0.9
+    assert all(s.predicted_px == 0 for s in dropped.images)
+    assert dropped.mean_over(True)[0] == 0.0
+    assert f"under {huge} px dropped" in (tmp_path / "b" / "comparison.md").read_text()
