@@ -6,8 +6,9 @@ to the source matrix with :func:`service.preprocess.to_source_probability`,
 and is thresholded at the contract's threshold; Dice and IoU are computed
 against the full-size mask (``resolution="source"``). ``resolution="model"``
 scores at model resolution instead (what Keras' validation metrics see).
-``.keras`` models are scored at model resolution with the preprocessing of
-the training contract (``input_size``, no crop).
+Keras models (a ``.keras`` file or a training run folder) get the
+preprocessing their run's ``config.json`` names (input size, crop to the
+breast); a bare ``.keras`` file gets ``--input-size`` and no crop.
 
 Per-image convention: an image with no mass and no prediction scores 1.0.
 """
@@ -107,7 +108,9 @@ class _Predictor:
         else:
             from model_export.export import load_keras_model
 
-            self.keras_model, _ = load_keras_model(path)
+            self.keras_model, info = load_keras_model(path)
+            config = info.get("config", {})
+            input_size = int(config.get("input_size", input_size))
             self.contract = ModelContract(
                 model_name="keras",
                 model_version="0",
@@ -115,6 +118,7 @@ class _Predictor:
                 output_name="mask",
                 input_height=input_size,
                 input_width=input_size,
+                crop_to_breast=bool(config.get("crop_to_breast", False)),
             )
             self.session = None
             self.parameters = int(self.keras_model.count_params())

@@ -156,7 +156,9 @@ def test_crop_that_contradicts_the_run_is_refused(requested: bool, trained: bool
         export.resolve_crop(requested, {"config": {"crop_to_breast": trained}})
 
 
-def test_run_trained_with_crop_exports_a_cropping_contract(pair_tree: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def crop_run(tmp_path: Path) -> Path:
+    """A training run folder whose config says it trained on crops to the breast."""
     import json
 
     from model_export.architectures import build_model
@@ -169,6 +171,20 @@ def test_run_trained_with_crop_exports_a_cropping_contract(pair_tree: Path, tmp_
     (run / "config.json").write_text(
         json.dumps({"architecture": "unet", "input_size": 32, "crop_to_breast": True})
     )
-    report = export.export_model(run, tmp_path / "crop.onnx", OPTIONS, data=pair_tree)
+    return run
+
+
+def test_run_trained_with_crop_exports_a_cropping_contract(
+    crop_run: Path, pair_tree: Path, tmp_path: Path
+) -> None:
+    report = export.export_model(crop_run, tmp_path / "crop.onnx", OPTIONS, data=pair_tree)
     assert report.contract.crop_to_breast is True
     assert export.read_contract(tmp_path / "crop.onnx").crop_to_breast is True
+
+
+def test_evaluating_a_run_folder_uses_its_preprocessing(crop_run: Path) -> None:
+    from model_export.evaluate import _Predictor
+
+    predictor = _Predictor(str(crop_run), input_size=256)
+    assert predictor.contract.crop_to_breast is True
+    assert (predictor.contract.input_height, predictor.contract.input_width) == (32, 32)
