@@ -235,10 +235,8 @@ def plot_comparison(results: Sequence[ModelScore], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_panels(
-    records: Sequence[dict[str, Any]], path: str | Path, threshold: float, title: str = ""
-) -> None:
-    """Per image: the image, ground truth (green) and prediction (red, alpha 0.4) overlays."""
+def plot_panels(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Per image: the image, ground truth (green) and the scored prediction (red, alpha 0.4)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +258,7 @@ def plot_panels(
         )
         row[1].set_title("ground truth", fontsize=8)
         row[2].imshow(rec["image"], cmap="gray", vmin=0, vmax=1)
-        predicted = rec["predicted"] if "predicted" in rec else rec["prob"] >= threshold
+        predicted = rec["predicted"]
         overlay = np.zeros((*predicted.shape, 4), dtype=np.float32)
         overlay[predicted] = (1.0, 0.0, 0.0, 0.4)
         row[2].imshow(overlay)
@@ -339,12 +337,7 @@ def evaluate_models(
             )
         )
         if kept:
-            threshold = 0.5
-            if str(model).lower().endswith(".onnx"):
-                from model_export.export import read_contract
-
-                threshold = read_contract(model).threshold
-            plot_panels(kept, out / f"{slug}.panels.png", threshold, title=name)
+            plot_panels(kept, out / f"{slug}.panels.png", title=name)
     title = f"{Path(data).name}, split {split}, {resolution} resolution"
     if min_area_px:
         title += f", predicted components under {min_area_px} px dropped"
