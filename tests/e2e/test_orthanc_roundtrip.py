@@ -125,8 +125,15 @@ def roundtrip(
         assert ds.PatientID == source.PatientID
         assert references_source(ds, source.SOPInstanceUID), kind
         assert_valid_dicom(path)
-    jobs = node.get("/api/v1/jobs")["items"]
-    job = next(j for j in jobs if j["sop_instance_uid"] == source.SOPInstanceUID)
+
+    def finished_job():  # type: ignore[no-untyped-def]
+        # Orthanc can hold the last result a moment before the node records the C-STORE
+        # response and marks the job DONE
+        jobs = node.get("/api/v1/jobs")["items"]
+        job = next(j for j in jobs if j["sop_instance_uid"] == source.SOPInstanceUID)
+        return job if job["state"] in ("DONE", "FAILED") else None
+
+    job = wait_until(finished_job, timeout_s=60, what="the job to finish", interval_s=0.2)
     assert job["state"] == "DONE", job["reason"]
     assert_no_patient_data(node.log_text(), source)
     return job
