@@ -18,6 +18,7 @@ TRAIN_EXTRA_MESSAGE = "this command needs the train extra: pip install 'mammoseg
 EXIT_OK, EXIT_FAILED, EXIT_MISSING_EXTRA = 0, 1, 2
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_DDSM66 = PACKAGE_DIR / "data" / "ddsm66"
+BUNDLED_CDDCESM = PACKAGE_DIR / "data" / "cddcesm301"
 
 
 def _has_module(name: str) -> bool:
@@ -61,6 +62,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--crop-to-breast",
         action="store_true",
         help="crop to the breast box before resizing (the contract will say so)",
+    )
+    p.add_argument(
+        "--no-pad-to-square",
+        dest="pad_to_square",
+        action="store_false",
+        help="resize the image as it is instead of zero-padding it to a centred square first",
     )
     p.add_argument("--split-file", help="split JSON to use or write (default RUN_DIR/split.json)")
     p.add_argument("--split-seed", type=int, default=d.split_seed)
@@ -121,6 +128,22 @@ def _add_make_dataset(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="write a lesion-insertion dataset (simulated masses in real mammograms)",
     )
     p.add_argument("--out", required=True, help="output folder (images/, masks/, lesions.json)")
+    p.add_argument(
+        "--cddcesm",
+        nargs="?",
+        const=str(BUNDLED_CDDCESM),
+        default=None,
+        metavar="DIR",
+        help="write the REAL data instead: CDD-CESM views with radiologists' outlines "
+        f"(default folder {BUNDLED_CDDCESM}), with dataset.json and a split by patient",
+    )
+    p.add_argument(
+        "--subset",
+        default="all",
+        choices=["all", "has_mass_finding", "mass_only_findings"],
+        help="with --cddcesm: which images (the masks cover every finding)",
+    )
+    p.add_argument("--split-seed", type=int, default=42, help="with --cddcesm")
     p.add_argument("--count", type=int, default=816)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -199,7 +222,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--model",
         action="append",
         required=True,
-        help="ONNX or .keras model; repeat to compare architectures",
+        help="ONNX or .keras model, or baseline:brightest[@FRACTION] / baseline:otsu; "
+        "repeat to compare",
     )
     p.add_argument("--name", action="append", default=None, help="label per --model")
     p.add_argument("--data", required=True, help="DMID folder or folder of image/mask pairs")
@@ -220,6 +244,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=0,
         help="drop predicted components smaller than this (the node's min_lesion_area_mm2 "
         "in pixels of the data: 10 mm2 is 160 px at 0.25 mm)",
+    )
+    p.add_argument(
+        "--baseline-fraction",
+        type=float,
+        default=None,
+        help="share of the image the naive baseline marks (default: the median mask share "
+        "of the split file's training images)",
     )
 
 
@@ -245,6 +276,7 @@ def _run_train(args: argparse.Namespace) -> int:
         encoder_weights=encoder,
         input_size=args.input_size,
         crop_to_breast=args.crop_to_breast,
+        pad_to_square=args.pad_to_square,
         split_file=args.split_file,
         split_seed=args.split_seed,
         include_unmasked=args.include_unmasked,
@@ -275,6 +307,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_make_dataset(args: argparse.Namespace) -> int:
+    if args.cddcesm is not None:
+        from model_export.cddcesm import write_cddcesm_dataset
+
+        out, split = write_cddcesm_dataset(
+            args.out, root=args.cddcesm, subset=args.subset, seed=args.split_seed
+        )
+        counts = ", ".join(f"{len(v)} {k}" for k, v in split.items())
+        print(f"wrote the {args.subset} subset of {args.cddcesm} to {out} ({counts}; by patient)")
+        return EXIT_OK
     from model_export.datasets import write_lesion_dataset
     from model_export.lesions import (
         InsertionConfig,
@@ -338,6 +379,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         input_size=args.input_size,
         min_area_px=args.min_area_px,
+        baseline_fraction=args.baseline_fraction,
     )
     return EXIT_OK
 
@@ -346,7 +388,10 @@ def _needs_tensorflow(args: argparse.Namespace) -> bool:
     if args.command in ("train", "export"):
         return True
     if args.command == "evaluate":
-        return any(not str(m).lower().endswith(".onnx") for m in args.model)
+        return any(
+            not str(m).lower().endswith(".onnx") and not str(m).startswith("baseline:")
+            for m in args.model
+        )
     return False
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from service.contract import ModelContract
-from service.preprocess import resize, to_model_input
+from service.preprocess import crop_padded, resize, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ MASK_LEVEL = 127
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "split.json"
 MANIFEST_FILE = "lesions.json"
+#: Written by ``make-dataset --cddcesm``: items with the patient as their ``group``.
+DATASET_FILE = "dataset.json"
 
 
 class DatasetError(ValueError):
@@ -152,7 +154,7 @@ def prepare_pair(
     else:
         if mask.shape != image.shape:
             raise DatasetError(f"mask shape {mask.shape} differs from image shape {image.shape}")
-        crop = mask[box.top : box.bottom, box.left : box.right].astype(np.float32)
+        crop = crop_padded(mask, box, dtype=np.float32)
         y = (resize(crop, contract.input_height, contract.input_width) >= 0.5).astype(np.uint8)
     return x.astype(np.float32), y
 
@@ -257,11 +259,14 @@ def find_pairs(root: str | Path, *, include_unmasked: bool = False) -> list[Pair
 
 
 def _read_groups(root: Path) -> dict[str, str]:
-    manifest = root / MANIFEST_FILE
-    if not manifest.is_file():
-        return {}
-    items = json.loads(manifest.read_text())["items"]
-    return {item["key"]: item["background"] for item in items}
+    """Each key's split group: the lesion image's background, or the real image's patient."""
+    groups: dict[str, str] = {}
+    for name, field in ((MANIFEST_FILE, "background"), (DATASET_FILE, "group")):
+        manifest = root / name
+        if manifest.is_file():
+            items = json.loads(manifest.read_text())["items"]
+            groups.update({item["key"]: item[field] for item in items})
+    return groups
 
 
 # --------------------------------------------------------------------------- splits

@@ -11,6 +11,15 @@ preprocessing their run's ``config.json`` names (input size, crop to the
 breast); a bare ``.keras`` file gets ``--input-size`` and no crop.
 
 Per-image convention: an image with no mass and no prediction scores 1.0.
+
+Besides Dice and IoU, every image records per-lesion detection: how many
+outlined lesions (connected components of the truth) a predicted component
+touches, and how many predicted components touch no lesion (false-positive
+components). Means come with a 95 % bootstrap interval over images. The
+baselines of :mod:`model_export.baselines` are scored as if they were
+models (``baseline:brightest``, ``baseline:otsu``). A data folder with a
+``dataset.json`` (``make-dataset --cddcesm``) also gets the table for its
+``has_mass_finding`` and ``mass_only_findings`` images.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from model_export import baselines
 from service.contract import ModelContract
 from service.preprocess import (
     output_to_probability,
@@ -37,6 +47,10 @@ class EvaluationError(ValueError):
     """Nothing to evaluate, or models and names that do not match."""
 
 
+BOOTSTRAP_SAMPLES = 2000
+SUBSET_FLAGS = ("has_mass_finding", "mass_only_findings")
+
+
 @dataclass(frozen=True)
 class ImageScore:
     key: str
@@ -44,6 +58,37 @@ class ImageScore:
     iou: float
     true_px: int
     predicted_px: int
+    #: Outlined lesions (truth components), and how many a predicted component touches.
+    lesions: int = 0
+    lesions_hit: int = 0
+    #: Predicted components that touch no outlined lesion.
+    false_positives: int = 0
+    predicted_components: int = 0
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean (resampling images)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(samples, data.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def lesion_detection(truth: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, int]:
+    """(lesions, lesions hit, false-positive components, predicted components), 8-connected."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    truth_labels, lesions = ndimage.label(truth, structure=structure)
+    pred_labels, components = ndimage.label(predicted, structure=structure)
+    hit = np.unique(truth_labels[predicted & (truth_labels > 0)]).size
+    touching = np.unique(pred_labels[truth & (pred_labels > 0)]).size
+    return int(lesions), int(hit), int(components - touching), int(components)
 
 
 @dataclass(frozen=True)
@@ -63,6 +108,42 @@ class ModelScore:
     @property
     def mean_iou(self) -> float:
         return float(np.mean([s.iou for s in self.images]))
+
+    def restricted(self, keys: set[str]) -> ModelScore:
+        """The same model's scores on a subset of the images."""
+        return ModelScore(
+            self.name,
+            self.model,
+            tuple(s for s in self.images if s.key in keys),
+            self.parameters,
+            self.ms_per_image,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Means with 95 % bootstrap intervals, lesion detection and false positives per image."""
+        dice = [s.dice for s in self.images]
+        iou = [s.iou for s in self.images]
+        lesions = sum(s.lesions for s in self.images)
+        hit = sum(s.lesions_hit for s in self.images)
+        empty = [s for s in self.images if s.true_px == 0]
+        return {
+            "images": len(self.images),
+            "dice": float(np.mean(dice)) if dice else float("nan"),
+            "dice_ci95": bootstrap_interval(dice),
+            "iou": float(np.mean(iou)) if iou else float("nan"),
+            "iou_ci95": bootstrap_interval(iou),
+            "lesions": lesions,
+            "lesion_sensitivity": hit / lesions if lesions else float("nan"),
+            "fp_components_per_image": (
+                float(np.mean([s.false_positives for s in self.images]))
+                if self.images
+                else float("nan")
+            ),
+            "images_without_lesion": len(empty),
+            "clean_share": (
+                float(np.mean([s.predicted_px == 0 for s in empty])) if empty else float("nan")
+            ),
+        }
 
     def mean_over(self, with_mass: bool) -> tuple[float, float, int]:
         chosen = [s for s in self.images if (s.true_px > 0) == with_mass]
@@ -119,6 +200,7 @@ class _Predictor:
                 input_height=input_size,
                 input_width=input_size,
                 crop_to_breast=bool(config.get("crop_to_breast", False)),
+                pad_to_square=bool(config.get("pad_to_square", False)),
             )
             self.session = None
             self.parameters = int(self.keras_model.count_params())
@@ -143,6 +225,37 @@ class _Predictor:
         return prob, tensor, box
 
 
+class _BaselinePredictor:
+    """A baseline behind the predictor's interface: its mask as a 0/1 "probability"."""
+
+    def __init__(self, spec: str, input_size: int, fraction: float | None) -> None:
+        self.spec, self.fraction = spec, fraction
+        baselines.parse(spec)
+        self.contract = ModelContract(
+            model_name="baseline",
+            model_version="0",
+            input_name="image",
+            output_name="mask",
+            input_height=input_size,
+            input_width=input_size,
+            pad_to_square=True,
+            threshold=0.5,
+        )
+        self.parameters: int | None = None
+        self.seconds, self.calls = 0.0, 0
+
+    def predict(self, image: np.ndarray, resolution: str) -> tuple[np.ndarray, Any, Any]:
+        from model_export.datasets import prepare_pair
+
+        if resolution != "source":
+            image, _ = prepare_pair(image, None, self.contract)
+        started = time.perf_counter()
+        mask = baselines.predict(self.spec, image, self.fraction)
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        return mask.astype(np.float32), None, None
+
+
 def evaluate_model(
     path: str | Path,
     pairs: Sequence[Any],
@@ -152,6 +265,7 @@ def evaluate_model(
     input_size: int = 256,
     keep: int = 0,
     min_area_px: int = 0,
+    baseline_fraction: float | None = None,
 ) -> tuple[ModelScore, list[dict[str, Any]]]:
     """Score one model on image/mask pairs; also return up to ``keep`` panel records.
 
@@ -160,7 +274,11 @@ def evaluate_model(
     """
     from model_export.datasets import prepare_pair, read_image, read_mask
 
-    predictor = _Predictor(str(path), input_size)
+    predictor: Any = (
+        _BaselinePredictor(str(path), input_size, baseline_fraction)
+        if baselines.is_baseline(str(path))
+        else _Predictor(str(path), input_size)
+    )
     threshold = predictor.contract.threshold
     scores: list[ImageScore] = []
     kept: list[dict[str, Any]] = []
@@ -175,7 +293,20 @@ def evaluate_model(
             shown_truth = small_truth.astype(bool)
         predicted = threshold_mask(prob, threshold, min_area_px=min_area_px)
         d, j = dice_iou(shown_truth, predicted)
-        scores.append(ImageScore(pair.key, d, j, int(shown_truth.sum()), int(predicted.sum())))
+        lesions, hit, false_positives, components = lesion_detection(shown_truth, predicted)
+        scores.append(
+            ImageScore(
+                pair.key,
+                d,
+                j,
+                int(shown_truth.sum()),
+                int(predicted.sum()),
+                lesions,
+                hit,
+                false_positives,
+                components,
+            )
+        )
         if len(kept) < keep:
             kept.append(
                 {
@@ -210,6 +341,62 @@ def comparison_markdown(results: Sequence[ModelScore], *, title: str = "") -> st
             f"{dm:.4f} (n={nm}) | {im:.4f} | {de:.4f} (n={ne}) | {params} | {ms} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def summary_markdown(results: Sequence[ModelScore], *, title: str = "") -> str:
+    """Means with 95 % bootstrap intervals, per-lesion detection and false positives."""
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        "| model | images | mean Dice [95 % CI] | mean IoU [95 % CI] | lesions hit "
+        "| FP components / image | clean (images without lesion) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.summary()
+        d_lo, d_hi = m["dice_ci95"]
+        i_lo, i_hi = m["iou_ci95"]
+        hit = sum(s.lesions_hit for s in r.images)
+        clean = (
+            f"{_fmt(m['clean_share'], 2)} (n={m['images_without_lesion']})"
+            if m["images_without_lesion"]
+            else "-"
+        )
+        lines.append(
+            f"| {r.name} | {m['images']} | {_fmt(m['dice'])} [{_fmt(d_lo)}, {_fmt(d_hi)}] "
+            f"| {_fmt(m['iou'])} [{_fmt(i_lo)}, {_fmt(i_hi)}] "
+            f"| {hit}/{m['lesions']} ({_fmt(m['lesion_sensitivity'], 2)}) "
+            f"| {_fmt(m['fp_components_per_image'], 2)} | {clean} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read_subsets(data: str | Path) -> dict[str, set[str]]:
+    """The findings-based subsets of a ``make-dataset --cddcesm`` folder (empty otherwise)."""
+    from model_export.datasets import DATASET_FILE
+
+    manifest = Path(data) / DATASET_FILE
+    if not manifest.is_file():
+        return {}
+    items = json.loads(manifest.read_text())["items"]
+    return {flag: {i["key"] for i in items if i.get(flag)} for flag in SUBSET_FLAGS}
+
+
+def typical_lesion_fraction(pairs: Sequence[Any]) -> float:
+    """Median share of the image that a mask covers, over images that have a lesion."""
+    from model_export.datasets import read_mask
+
+    fractions = []
+    for pair in pairs:
+        if pair.mask is None:
+            continue
+        mask = read_mask(pair.mask)
+        if mask.any():
+            fractions.append(float(mask.mean()))
+    return float(np.median(fractions)) if fractions else baselines.DEFAULT_FRACTION
 
 
 def plot_comparison(results: Sequence[ModelScore], path: str | Path) -> None:
@@ -284,6 +471,7 @@ def evaluate_models(
     resolution: str = "source",
     input_size: int = 256,
     min_area_px: int = 0,
+    baseline_fraction: float | None = None,
 ) -> list[ModelScore]:
     """Evaluate each model on a split; write per-image JSON, Markdown + PNG comparison, panels."""
     from model_export.datasets import find_pairs, select
@@ -298,11 +486,28 @@ def evaluate_models(
         pairs = select(pairs, keys)
     if not pairs:
         raise EvaluationError(f"no images in split {split!r} of {data}")
+    fraction = baseline_fraction
+    if fraction is None and any(baselines.is_baseline(str(m)) for m in models):
+        if split_file is not None:
+            train_keys = json.loads(Path(split_file).read_text())["train"]
+            fraction = typical_lesion_fraction(select(find_pairs(data), train_keys))
+            print(
+                f"naive baseline: {100 * fraction:.2f} % of the image (median over the "
+                "training split's masks)",
+                flush=True,
+            )
+        else:
+            fraction = baselines.DEFAULT_FRACTION
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for index, model in enumerate(models):
-        name = names[index] if names else Path(model).stem
+        if names:
+            name = names[index]
+        elif baselines.is_baseline(str(model)):
+            name = baselines.display_name(str(model), fraction)
+        else:
+            name = Path(model).stem
         score, kept = evaluate_model(
             model,
             pairs,
@@ -311,6 +516,7 @@ def evaluate_models(
             input_size=input_size,
             keep=panels,
             min_area_px=min_area_px,
+            baseline_fraction=fraction,
         )
         results.append(score)
         print(
@@ -331,6 +537,7 @@ def evaluate_models(
                     "mean_iou": score.mean_iou,
                     "parameters": score.parameters,
                     "ms_per_image": score.ms_per_image,
+                    "summary": score.summary(),
                     "images": [s.__dict__ for s in score.images],
                 },
                 indent=1,
@@ -342,6 +549,16 @@ def evaluate_models(
     if min_area_px:
         title += f", predicted components under {min_area_px} px dropped"
     table = comparison_markdown(results, title=title)
+    table += "\n" + summary_markdown(results, title=f"all {len(pairs)} images")
+    summaries: dict[str, Any] = {"all": {r.name: r.summary() for r in results}}
+    for flag, keys in read_subsets(data).items():
+        chosen = keys & {p.key for p in pairs}
+        if not chosen:
+            continue
+        narrowed = [r.restricted(chosen) for r in results]
+        table += "\n" + summary_markdown(narrowed, title=f"{flag}: {len(chosen)} images")
+        summaries[flag] = {r.name: r.summary() for r in narrowed}
+    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
     (out / "comparison.md").write_text(table)
     plot_comparison(results, out / "comparison.png")
     print(table, flush=True)

@@ -52,6 +52,7 @@ class ExportOptions:
     threshold: float = 0.5
     #: None: as the training run was configured (False for a bare ``.keras`` file).
     crop_to_breast: bool | None = None
+    pad_to_square: bool | None = None
     parity_tolerance: float = 1e-4
     parity_images: int = 16
     int8_path: str | None = None
@@ -148,6 +149,20 @@ def resolve_crop(requested: bool | None, info: dict[str, Any]) -> bool:
     return bool(trained)
 
 
+def resolve_pad(requested: bool | None, info: dict[str, Any]) -> bool:
+    """The contract's ``pad_to_square``: what the run trained with (a run from before it: no)."""
+    config = info.get("config", {})
+    if not config:
+        return bool(requested)
+    trained = bool(config.get("pad_to_square", False))
+    if requested is not None and bool(requested) != trained:
+        raise ExportError(
+            f"the run was trained with pad_to_square={trained}; "
+            f"exporting it with pad_to_square={bool(requested)} would serve it other inputs"
+        )
+    return trained
+
+
 def framework_string() -> str:
     import keras
     import tensorflow as tf
@@ -173,6 +188,7 @@ def make_contract(model: Any, options: ExportOptions) -> ModelContract:
         input_channels=3 if int(channels) == 3 else 1,
         normalisation="unit",
         crop_to_breast=bool(options.crop_to_breast),
+        pad_to_square=bool(options.pad_to_square),
         output_name=OUTPUT_NAME,
         output_kind="sigmoid_probability",
         threshold=options.threshold,
@@ -444,7 +460,11 @@ def export_model(
     import onnx
 
     model, info = load_keras_model(model_path)
-    options = replace(options, crop_to_breast=resolve_crop(options.crop_to_breast, info))
+    options = replace(
+        options,
+        crop_to_breast=resolve_crop(options.crop_to_breast, info),
+        pad_to_square=resolve_pad(options.pad_to_square, info),
+    )
     state = info.get("state", {})
     final_val = state.get("final_val") or {}
     if options.val_dice is None and (final_val or state.get("best_val_dice") is not None):

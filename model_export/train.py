@@ -73,6 +73,7 @@ class TrainConfig:
     encoder_weights: str | None = ENCODER_WEIGHTS_DEFAULT
     input_size: int = 256
     crop_to_breast: bool = False
+    pad_to_square: bool = True
     split_file: str | None = None
     split_seed: int = 42
     include_unmasked: bool = False
@@ -110,6 +111,7 @@ class TrainConfig:
             input_height=self.input_size,
             input_width=self.input_size,
             crop_to_breast=self.crop_to_breast,
+            pad_to_square=self.pad_to_square,
         )
 
 
@@ -470,7 +472,9 @@ def train(config: TrainConfig) -> TrainResult:
     stored = _read_json(run / CONFIG_FILE, None)
     current = asdict(config)
     if stored is not None:
-        keys = ("architecture", "input_size", "crop_to_breast", "data")
+        keys = ("architecture", "input_size", "crop_to_breast", "pad_to_square", "data")
+        # A run folder from before pad_to_square existed trained without padding.
+        stored.setdefault("pad_to_square", False)
         changed = [k for k in keys if stored.get(k) != current.get(k)]
         if changed:
             raise TrainingError(

@@ -50,6 +50,11 @@ class ModelContract(BaseModel):
         default=False,
         description="Crop to the breast's bounding box before resizing (train and serve agree)",
     )
+    pad_to_square: bool = Field(
+        default=False,
+        description="Zero-pad the (cropped) image to a centred square before resizing, as the "
+        "real training data was made (train and serve agree)",
+    )
     output_name: str = Field(min_length=1)
     output_kind: Literal["sigmoid_probability"] = "sigmoid_probability"
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)

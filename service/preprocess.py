@@ -68,11 +68,42 @@ def breast_box(image: np.ndarray, *, level: float = BREAST_LEVEL, margin: int = 
     )
 
 
+def square_box(box: Box) -> Box:
+    """The centred square around ``box``; it reaches outside the image where the box is not square.
+
+    This is how the real training data (CDD-CESM) was made: each mammogram
+    zero-padded to a centred square, then resized.
+    """
+    side = max(box.height, box.width)
+    top = box.top - (side - box.height) // 2
+    left = box.left - (side - box.width) // 2
+    return Box(top, left, top + side, left + side)
+
+
 def model_box(image: np.ndarray, contract: ModelContract) -> Box:
-    """The region of the image that is resized to the model input."""
-    if contract.crop_to_breast:
-        return breast_box(image)
-    return Box(0, 0, image.shape[0], image.shape[1])
+    """The region of the image that is resized to the model input (it may reach outside it).
+
+    Breast box first when the contract crops, then the centred square when it
+    pads: the parts of the box outside the image are zero (black, like air).
+    """
+    box = breast_box(image) if contract.crop_to_breast else Box(0, 0, *image.shape[:2])
+    return square_box(box) if contract.pad_to_square else box
+
+
+def crop_padded(array: np.ndarray, box: Box, *, dtype: type | None = None) -> np.ndarray:
+    """``array[box]``, with zeros where the box lies outside the array."""
+    h, w = array.shape[:2]
+    if box.top >= 0 and box.left >= 0 and box.bottom <= h and box.right <= w:
+        region = array[box.top : box.bottom, box.left : box.right]
+        return region if dtype is None else region.astype(dtype, copy=False)
+    out = np.zeros((box.height, box.width), dtype=dtype or array.dtype)
+    top, left = max(box.top, 0), max(box.left, 0)
+    bottom, right = min(box.bottom, h), min(box.right, w)
+    if bottom > top and right > left:
+        out[top - box.top : bottom - box.top, left - box.left : right - box.left] = array[
+            top:bottom, left:right
+        ]
+    return out
 
 
 def to_model_input(image: np.ndarray, contract: ModelContract) -> tuple[np.ndarray, Box]:
@@ -84,7 +115,7 @@ def to_model_input(image: np.ndarray, contract: ModelContract) -> tuple[np.ndarr
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
     box = model_box(image, contract)
-    region = image[box.top : box.bottom, box.left : box.right]
+    region = crop_padded(image, box)
     small = np.clip(resize(region, contract.input_height, contract.input_width), 0.0, 1.0)
     channels = np.repeat(small[:, :, None], contract.input_channels, axis=2)
     tensor = channels[None]
@@ -110,9 +141,21 @@ def output_to_probability(output: np.ndarray, contract: ModelContract) -> np.nda
 
 
 def to_source_probability(prob: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
-    """Place a model-resolution probability map back on the source matrix."""
+    """Place a model-resolution probability map back on the source matrix.
+
+    Only the part of ``box`` inside the matrix is kept (a padded square box
+    reaches outside it).
+    """
     full = np.zeros(shape, dtype=np.float32)
-    full[box.top : box.bottom, box.left : box.right] = resize(prob, box.height, box.width)
+    h, w = shape
+    top, left = max(box.top, 0), max(box.left, 0)
+    bottom, right = min(box.bottom, h), min(box.right, w)
+    if bottom <= top or right <= left:
+        return full
+    scaled = resize(prob, box.height, box.width)
+    full[top:bottom, left:right] = scaled[
+        top - box.top : bottom - box.top, left - box.left : right - box.left
+    ]
     return full
 
 
