@@ -476,8 +476,8 @@ def evaluate_models(
     """Evaluate each model on a split; write per-image JSON, Markdown + PNG comparison, panels."""
     from model_export.datasets import find_pairs, select
 
-    if names and len(names) != len(models):
-        raise EvaluationError("give one --name per --model")
+    if names and len(names) > len(models):
+        raise EvaluationError("more --name than --model")
     pairs = find_pairs(data, include_unmasked=True)
     if split != "all":
         if split_file is None:
@@ -502,7 +502,7 @@ def evaluate_models(
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for index, model in enumerate(models):
-        if names:
+        if names and index < len(names):
             name = names[index]
         elif baselines.is_baseline(str(model)):
             name = baselines.display_name(str(model), fraction)

@@ -62,3 +62,34 @@ def test_threshold_drops_specks_below_min_area() -> None:
     mask = threshold_mask(prob, 0.5, min_area_px=10)
     assert mask.sum() == 100 and not mask[31, 31]
     assert threshold_mask(prob, 0.5).sum() == 104
+
+
+PADDED = CONTRACT.model_copy(update={"pad_to_square": True})
+
+
+def test_pad_to_square_pads_a_centred_square_with_black() -> None:
+    image = np.ones((100, 60), dtype=np.float32)
+    tensor, box = to_model_input(image, PADDED)
+    assert box == Box(0, -20, 100, 80)
+    row = tensor[0, 16, :, 0]
+    # 20 of 100 columns of black on each side: about 6 of 32 model columns.
+    assert row[:5].max() == 0.0 and row[-5:].max() == 0.0
+    assert row[8:24].min() == pytest.approx(1.0)
+
+
+def test_pad_to_square_is_a_no_op_on_a_square_image() -> None:
+    image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    padded, box = to_model_input(image, PADDED)
+    plain, _ = to_model_input(image, CONTRACT)
+    assert box == Box(0, 0, 64, 64)
+    np.testing.assert_array_equal(padded, plain)
+
+
+def test_padded_probability_goes_back_inside_the_source_only() -> None:
+    image = np.zeros((100, 60), dtype=np.float32)
+    _, box = to_model_input(image, PADDED)
+    prob = np.zeros((32, 32), dtype=np.float32)
+    prob[:, 16:] = 1.0  # the right half of the square: the right 30 source columns + padding
+    full = to_source_probability(prob, box, image.shape)
+    assert full.shape == (100, 60)
+    assert full[50, 40:].min() == pytest.approx(1.0) and full[50, :25].max() == 0.0
