@@ -149,6 +149,14 @@ def _assoc_id(assoc: object) -> str:
     return f"assoc-{id(assoc):x}"
 
 
+def _fields(event: str, association_id: str, sop_instance_uid: str | None = None) -> dict[str, str]:
+    """Structured log fields (the JSON log lines carry them): identifiers, never patient data."""
+    fields = {"event": event, "association_id": association_id}
+    if sop_instance_uid is not None:
+        fields["sop_instance_uid"] = sop_instance_uid
+    return fields
+
+
 class StorageSCP:
     """Owns the pynetdicom AE and its server; start() binds, stop() shuts down."""
 
@@ -225,7 +233,11 @@ class StorageSCP:
         try:
             return int(self._store(event, assoc_id))
         except Exception:  # boundary: any failure becomes a DIMSE status, never a crash
-            log.exception("C-STORE failed on %s", assoc_id)
+            log.exception(
+                "C-STORE failed on %s",
+                assoc_id,
+                extra={"event": "store_failed", "association_id": assoc_id},
+            )
             return int(Status.OUT_OF_RESOURCES)
 
     def _store(self, event: evt.Event, assoc_id: str) -> Status:
@@ -234,7 +246,12 @@ class StorageSCP:
         try:
             sop_instance_uid = checked_uid(req.AffectedSOPInstanceUID, what="SOP Instance UID")
         except InvalidUIDError as exc:
-            log.warning("refused instance on %s: %s", assoc_id, exc)
+            log.warning(
+                "refused instance on %s: %s",
+                assoc_id,
+                exc,
+                extra={"event": "instance_refused", "association_id": assoc_id},
+            )
             return Status.CANNOT_UNDERSTAND
         try:
             encoded = event.encoded_dataset(include_meta=True)
@@ -245,6 +262,7 @@ class StorageSCP:
                     sop_instance_uid,
                     assoc_id,
                     cfg.max_dataset_bytes,
+                    extra=_fields("instance_refused", assoc_id, sop_instance_uid),
                 )
                 return Status.OUT_OF_RESOURCES
             ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
@@ -259,15 +277,24 @@ class StorageSCP:
                 sop_instance_uid,
                 assoc_id,
                 type(exc).__name__,
+                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
             )
             return Status.CANNOT_UNDERSTAND
         if sop_class_uid != req.AffectedSOPClassUID or dataset_uid != sop_instance_uid:
             log.warning(
-                "refused %s on %s: dataset UIDs differ from the request", sop_instance_uid, assoc_id
+                "refused %s on %s: dataset UIDs differ from the request",
+                sop_instance_uid,
+                assoc_id,
+                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
             )
             return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
-            log.error("refused %s on %s: free disk below the watermark", sop_instance_uid, assoc_id)
+            log.error(
+                "refused %s on %s: free disk below the watermark",
+                sop_instance_uid,
+                assoc_id,
+                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
+            )
             return Status.OUT_OF_RESOURCES
         path = instance_path(cfg.spool_dir, sop_instance_uid)
         write_atomically(path, lambda fh: fh.write(encoded), owner=cfg.writer_name)
@@ -286,7 +313,12 @@ class StorageSCP:
         )
         with self._lock:
             self._instances[assoc_id] = self._instances.get(assoc_id, 0) + 1
-        log.info("stored %s on %s", sop_instance_uid, assoc_id)
+        log.info(
+            "stored %s on %s",
+            sop_instance_uid,
+            assoc_id,
+            extra=_fields("instance_stored", assoc_id, sop_instance_uid),
+        )
         return Status.SUCCESS
 
     def _count_bytes(self, event: evt.Event) -> None:
@@ -305,6 +337,7 @@ class StorageSCP:
                 "association %s aborted: dataset larger than %d bytes",
                 assoc_id,
                 self.config.max_dataset_bytes,
+                extra=_fields("association_aborted", assoc_id),
             )
             event.assoc.abort()
 
@@ -315,13 +348,19 @@ class StorageSCP:
             _assoc_id(event.assoc),
             req.ae_title,
             req.address,
+            extra=_fields("association_accepted", _assoc_id(event.assoc)),
         )
         if self.events.on_accepted:
             self.events.on_accepted(_assoc_id(event.assoc), str(req.ae_title), str(req.address))
 
     def _on_rejected(self, event: evt.Event) -> None:
         req = event.assoc.requestor
-        log.warning("association from %s at %s rejected", req.ae_title, req.address)
+        log.warning(
+            "association from %s at %s rejected",
+            req.ae_title,
+            req.address,
+            extra=_fields("association_rejected", _assoc_id(event.assoc)),
+        )
         if self.events.on_rejected:
             self.events.on_rejected(_assoc_id(event.assoc), str(req.ae_title), str(req.address))
 
@@ -331,6 +370,12 @@ class StorageSCP:
         with self._lock:
             count = self._instances.pop(assoc_id, 0)
             self._bytes.pop(assoc_id, None)
-        log.info("association %s %s after %d instances", assoc_id, outcome, count)
+        log.info(
+            "association %s %s after %d instances",
+            assoc_id,
+            outcome,
+            count,
+            extra=_fields(f"association_{outcome}", assoc_id),
+        )
         if self.events.on_closed:
             self.events.on_closed(assoc_id, count, outcome)

@@ -117,7 +117,12 @@ def send_files(
                     if code >= 0
                     else f"{destination} gave no answer to C-STORE of {ds.SOPInstanceUID}"
                 )
-            log.info("sent %s to %s", ds.SOPInstanceUID, destination)
+            log.info(
+                "sent %s to %s",
+                ds.SOPInstanceUID,
+                destination,
+                extra={"event": "result_sent", "sop_instance_uid": str(ds.SOPInstanceUID)},
+            )
     finally:
         if assoc.is_established:
             assoc.release()

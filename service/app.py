@@ -31,6 +31,7 @@ from service.api.deps import (
     problem,
     readiness,
 )
+from service.api.problems import problem_openapi
 from service.api.schemas import JobOut, JobPage
 from service.api.segment import CONCURRENT_UPLOADS
 from service.metrics import build_registry
@@ -135,4 +136,5 @@ def create_app(node: NodeState) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(segment.router)
     app.include_router(pages.router)
+    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     return app

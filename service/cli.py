@@ -11,6 +11,28 @@ from service import __version__
 
 TRAIN_COMMANDS = ("train", "evaluate", "export", "make-dataset")
 
+# Exit statuses, documented in README.md and deploy/README.md. systemd's
+# RestartPreventExitStatus=2 (deploy/mammoseg.service) stops a restart loop on a bad config.
+EXIT_OK = 0
+EXIT_SOME_INPUTS_FAILED = 1  # segment: at least one input was not segmented
+EXIT_BAD_SETTINGS = 2  # a setting, the config file or the command line is wrong
+EXIT_CANNOT_START = 3  # model, job store, data directory or a port unusable at start-up
+
+SETTINGS_EPILOG = """\
+These flags are the most used settings. Every setting (about 50) is also a key of the
+TOML config file (--config FILE or MAMMOSEG_CONFIG) and an environment variable
+MAMMOSEG_<KEY> (upper case, e.g. MAMMOSEG_ADMIN_TOKEN); flags win over the environment,
+which wins over the file. deploy/README.md lists every one; deploy/mammoseg.example.toml
+has them all with a comment.
+
+Check a configuration before starting: mammoseg check-config [the same flags]
+prints the effective settings with their source and tries the model, the store,
+the data directory and the ports.
+
+Exit status: 0 stopped cleanly (SIGTERM/SIGINT); 2 bad settings or command line;
+3 cannot start (model, job store, data directory or a port).
+"""
+
 
 def _node_options(p: argparse.ArgumentParser, *, network: bool) -> None:
     """Flags shared by ``serve`` and ``worker``; each is also a setting (deploy/README.md)."""
@@ -46,13 +68,35 @@ def _node_options(p: argparse.ArgumentParser, *, network: bool) -> None:
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="run the DICOM node, the workers and the HTTP server")
+    p = sub.add_parser(
+        "serve",
+        help="run the DICOM node, the workers and the HTTP server",
+        epilog=SETTINGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _node_options(p, network=True)
     p = sub.add_parser(
         "worker",
         help="run workers only (scale-out: a shared PostgreSQL store and spool)",
+        epilog=SETTINGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _node_options(p, network=False)
+    p = sub.add_parser(
+        "check-config",
+        help="validate the settings serve would use, print them and try model, store and ports",
+        description="Read the config file, the MAMMOSEG_* environment and the flags exactly as "
+        "`mammoseg serve` does; print every effective setting with its source (default, file, "
+        "env, flag; secrets masked); try the model, the job store, the data directory and the "
+        "ports. Exit status 0: serve can start; 2: the problems are listed on stderr.",
+        epilog="See deploy/README.md for every setting and its MAMMOSEG_* variable.",
+    )
+    _node_options(p, network=True)
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="check as `mammoseg worker` would run (no DICOM or HTTP port)",
+    )
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -76,6 +120,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_arguments(p)
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    from service.settings import Settings
+
+    return {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+
+
 def serve(args: argparse.Namespace) -> int:
     """``serve`` and ``worker``: settings from flags/env/file, then run until SIGTERM."""
     import os
@@ -83,29 +133,50 @@ def serve(args: argparse.Namespace) -> int:
     from service.contract import ContractError
     from service.logs import configure_logging
     from service.node import run_node, run_worker
-    from service.settings import Settings, SettingsError, load_settings
+    from service.settings import SettingsError, config_file_from, load_settings
     from service.store import StoreError
 
-    config = args.config or (
-        Path(os.environ["MAMMOSEG_CONFIG"]) if os.environ.get("MAMMOSEG_CONFIG") else None
-    )
-    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    config = config_file_from(args.config, os.environ)
     try:
-        settings = load_settings(config, **overrides)
+        settings = load_settings(config, **_overrides(args))
     except SettingsError as exc:
         print(f"mammoseg: {exc}", file=sys.stderr)
-        return 2
+        print("mammoseg: `mammoseg check-config` lists every problem", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     configure_logging(settings.log_level, settings.log_format)
     try:
         (run_node if args.command == "serve" else run_worker)(settings)
     except ContractError as exc:
         logging.getLogger("service").error("cannot start: %s", exc)
         print(f"mammoseg: cannot start: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_CANNOT_START
     except (StoreError, OSError) as exc:
         print(f"mammoseg: cannot start: {exc}", file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_CANNOT_START
+    return EXIT_OK
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """``check-config``: exit 0 if serve can start with these settings, else 2."""
+    import os
+
+    from service.config_check import check, print_report
+
+    report = check(args.config, _overrides(args), os.environ, worker=args.worker)
+    print_report(report, sys.stdout, sys.stderr)
+    return report.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammoseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mammoseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _segment_parser(sub)
+    _bench_parser(sub)
+    for name in TRAIN_COMMANDS:
+        sub.add_parser(name, help=f"{name} (training side; needs the train extra)", add_help=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,19 +189,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"mammoseg {argv[0]}: needs the train extra: pip install 'mammoseg[train]' ({exc})",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_BAD_SETTINGS
         return int(train_main(argv))
-    parser = argparse.ArgumentParser(prog="mammoseg", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"mammoseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
-    _segment_parser(sub)
-    _bench_parser(sub)
-    for name in TRAIN_COMMANDS:
-        sub.add_parser(name, help=f"{name} (training side; needs the train extra)", add_help=False)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("serve", "worker"):
         return serve(args)
+    if args.command == "check-config":
+        return check_config(args)
     if args.command == "segment":
         from service.segment_files import main as segment_main
 
@@ -140,4 +206,4 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(args)
     parser.error(f"unknown command {args.command}")
-    return 2
+    return EXIT_BAD_SETTINGS

@@ -2,7 +2,11 @@
 
 Messages name jobs by id, instances by UID and associations by their id;
 ``log_format = "json"`` writes each event as one JSON object per line for a
-log collector.
+log collector, with those also as fields a log system can query: ``event``
+(what happened, e.g. ``instance_stored``, ``job_done``), ``job_id``,
+``sop_instance_uid`` and ``association_id``. Call sites pass them with
+``extra={...}`` (plain ``logging``, so ``dicom_node`` needs nothing from here).
+Only identifiers go there, never patient data.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import sys
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+#: Fields a log call may carry in ``extra``; the JSON lines have them at the top level.
+FIELDS = ("event", "job_id", "sop_instance_uid", "association_id")
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +29,10 @@ class JsonFormatter(logging.Formatter):
             "thread": record.threadName,
             "message": record.getMessage(),
         }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                event[name] = value
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False)

@@ -63,6 +63,12 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
             "created" if created else "already open",
             instance.sop_instance_uid,
             instance.association_id,
+            extra={
+                "event": "job_created" if created else "job_already_open",
+                "job_id": job_id,
+                "sop_instance_uid": instance.sop_instance_uid,
+                "association_id": instance.association_id,
+            },
         )
 
     return commit

@@ -6,6 +6,10 @@ as the node's Secondary Capture) and ``<name>.json`` (lesions, areas, boxes,
 probabilities). For a DICOM mammogram it also writes the node's results:
 ``<name>-seg.dcm``, ``<name>-sc.dcm`` and ``<name>-sr.dcm``. Needs the runtime
 only (no TensorFlow).
+
+A directory is walked (recursively, in name order): every file whose first bytes
+show PNG, JPEG, TIFF or DICOM (PS3.10 7.1) is segmented, others (and DICOMDIR) are
+skipped; the results mirror the directory's tree under ``--out``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.inference import Segmenter, load_segmenter
@@ -25,7 +30,12 @@ from service.upload import UploadError, mask_png, overlay_png, segment_upload, s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", type=Path, help="images: PNG, JPEG, TIFF or DICOM")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="images (PNG, JPEG, TIFF or DICOM), or directories walked for them",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the results")
     p.add_argument("--model-path", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
@@ -33,6 +43,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pixel-spacing-mm", type=float, help="for pictures without spacing: mm per pixel"
     )
+
+
+SNIFF_BYTES = 256  # enough for DICOM's preamble and 'DICM' (PS3.10 7.1)
+
+
+def _is_image(path: Path, relative: Path) -> bool:
+    """Hidden files and folders (``relative`` to the walked directory) and DICOMDIR are not."""
+    if path.name.upper() == "DICOMDIR" or any(part.startswith(".") for part in relative.parts):
+        return False
+    try:
+        with path.open("rb") as fh:
+            return sniff(fh.read(SNIFF_BYTES)) is not None
+    except OSError:
+        return False
+
+
+def input_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
+    """Each input file with the folder (relative to ``--out``) its results go to.
+
+    A file named on the command line goes to ``--out`` itself; the files found in a
+    directory go to the same relative folder as in that directory.
+    """
+    for path in paths:
+        if not path.is_dir():
+            yield path, Path()
+            continue
+        for found in sorted(path.rglob("*")):
+            relative = found.relative_to(path)
+            if found.is_file() and _is_image(found, relative):
+                yield found, relative.parent
 
 
 def segment_file(
@@ -109,16 +149,23 @@ def main(args: argparse.Namespace) -> int:
         return 3
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for path in args.paths:
+    walked = 0
+    for path, folder in input_files(args.paths):
+        walked += 1
+        out = args.out / folder
         try:
-            summary = segment_file(path, args.out, segmenter, settings, args.pixel_spacing_mm)
+            out.mkdir(parents=True, exist_ok=True)
+            summary = segment_file(path, out, segmenter, settings, args.pixel_spacing_mm)
         except (UploadError, OSError) as exc:
             failures += 1
             print(f"{path}: not segmented: {exc}", file=sys.stderr)
             continue
         lesions = list(summary["lesions"])  # type: ignore[call-overload]
         print(
-            f"{path}: {len(lesions)} lesion(s) -> {args.out}/{path.stem}-*.png/json"
+            f"{path}: {len(lesions)} lesion(s) -> {out}/{path.stem}-*.png/json"
             + (" + SEG/SC/SR" if summary["dicom_results"] else "")
         )
+    if walked == 0:
+        print("mammoseg segment: no PNG, JPEG, TIFF or DICOM file found", file=sys.stderr)
+        return 1
     return 1 if failures else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,8 +36,19 @@ DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
 MIN_TOKEN_LENGTH = 16
 
 
+SECRET_SETTINGS = frozenset({"viewer_token", "admin_token", "database_url"})
+SOURCES = ("default", "file", "env", "flag")
+
+
 class SettingsError(ValueError):
-    """A setting that stops start-up; the message names the value."""
+    """A setting that stops start-up; the message names the value.
+
+    ``problems`` lists each bad value on its own (``mammoseg check-config`` prints them).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 def _split_list(value: Any) -> Any:
@@ -185,6 +197,14 @@ class Settings(BaseSettings):
             ("sqlite:///", "postgresql:", "postgres:", "postgresql+psycopg:")
         ):
             raise ValueError("database_url must start with postgresql:// (or sqlite:///)")
+        if value is not None and not value.startswith("sqlite:"):
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None:
+                raise ValueError(
+                    "database_url is a PostgreSQL URL but psycopg is not installed: "
+                    "pip install 'mammoseg[postgres]'"
+                )
         return value
 
     @field_validator("uid_root")
@@ -236,15 +256,55 @@ class Settings(BaseSettings):
         return [Destination.parse(text) for text in self.destinations]
 
 
+def config_file_from(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file ``serve`` reads: ``--config``, else ``MAMMOSEG_CONFIG``, else none."""
+    if flag is not None:
+        return flag
+    value = environ.get("MAMMOSEG_CONFIG")
+    return Path(value) if value else None
+
+
+def read_config_file(config_file: Path) -> dict[str, Any]:
+    """The TOML file's keys (``-`` read as ``_``); unknown keys are refused later."""
+    try:
+        values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def setting_sources(
+    file_values: Mapping[str, Any], overrides: Mapping[str, Any], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Where each setting's value comes from, by the precedence ``load_settings`` applies.
+
+    The environment is matched case-insensitively, as pydantic-settings reads it.
+    """
+    env_names = {name.upper() for name in environ}
+    sources = {}
+    for name in Settings.model_fields:
+        if overrides.get(name) is not None:
+            sources[name] = "flag"
+        elif f"MAMMOSEG_{name.upper()}" in env_names:
+            sources[name] = "env"
+        elif name in file_values:
+            sources[name] = "file"
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "settings"
+    echo = not isinstance(err.get("input"), dict) and loc not in SECRET_SETTINGS
+    return f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if echo else "")
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings: overrides (CLI) > environment > config file > defaults."""
     file_values: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
-        file_values = {key.replace("-", "_"): value for key, value in file_values.items()}
+        file_values = read_config_file(config_file)
     explicit = {key: value for key, value in overrides.items() if value is not None}
 
     class _FromFile(Settings):
@@ -268,10 +328,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         built = _FromFile(**explicit)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
-            for err in exc.errors()
-        )
-        raise SettingsError(f"invalid settings: {problems}") from exc
+        # Secrets (tokens, a database URL with its password) are never echoed back.
+        problems = [_problem(err) for err in exc.errors()]
+        raise SettingsError(f"invalid settings: {'; '.join(problems)}", problems) from exc
     return Settings.model_validate(built.model_dump())

@@ -21,6 +21,16 @@ from service.store import Job, JobState, JobStore
 log = logging.getLogger(__name__)
 
 
+def job_fields(job: Job, event: str) -> dict[str, object]:
+    """The structured log fields of a job event (service/logs.py): identifiers only."""
+    return {
+        "event": event,
+        "job_id": job.id,
+        "sop_instance_uid": job.sop_instance_uid,
+        "association_id": job.association_id,
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     initial_s: float
@@ -52,14 +62,31 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
         results = process_instance(Path(job.path), job.id, ctx.segmenter, ctx.options)
     except JobSkipped as exc:
         ctx.store.update(job.id, state=JobState.SKIPPED, reason=str(exc))
-        log.info("job %d SKIPPED (%s): %s", job.id, job.sop_instance_uid, exc)
+        log.info(
+            "job %d SKIPPED (%s): %s",
+            job.id,
+            job.sop_instance_uid,
+            exc,
+            extra=job_fields(job, "job_skipped"),
+        )
         return False
     except JobFailed as exc:
         ctx.store.update(job.id, state=JobState.FAILED, reason=str(exc))
-        log.warning("job %d FAILED (%s): %s", job.id, job.sop_instance_uid, exc)
+        log.warning(
+            "job %d FAILED (%s): %s",
+            job.id,
+            job.sop_instance_uid,
+            exc,
+            extra=job_fields(job, "job_failed"),
+        )
         return False
     except Exception as exc:  # boundary: one bad image never stops the worker
-        log.exception("job %d FAILED unexpectedly (%s)", job.id, job.sop_instance_uid)
+        log.exception(
+            "job %d FAILED unexpectedly (%s)",
+            job.id,
+            job.sop_instance_uid,
+            extra=job_fields(job, "job_failed"),
+        )
         ctx.store.update(
             job.id,
             state=JobState.FAILED,
@@ -81,6 +108,7 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
         job.id,
         job.sop_instance_uid,
         results.lesion_pixels,
+        extra=job_fields(job, "job_processed"),
     )
     return True
 
@@ -119,7 +147,11 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
             timings={"send_s": time.perf_counter() - start, "done_at": now},
         )
         log.info(
-            "job %d DONE (%s) sent to %d destinations", job.id, job.sop_instance_uid, len(delivered)
+            "job %d DONE (%s) sent to %d destinations",
+            job.id,
+            job.sop_instance_uid,
+            len(delivered),
+            extra=job_fields(job, "job_done"),
         )
         return
     attempts = job.attempts + 1
@@ -132,7 +164,12 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
             attempts=attempts,
             reason=f"gave up sending after {attempts} attempts: {reason}",
         )
-        log.warning("job %d FAILED: gave up sending after %d attempts", job.id, attempts)
+        log.warning(
+            "job %d FAILED: gave up sending after %d attempts",
+            job.id,
+            attempts,
+            extra=job_fields(job, "job_gave_up"),
+        )
         return
     next_at = now + ctx.retry.delay(attempts)
     ctx.store.update(
@@ -144,7 +181,12 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
         first_send_failure_at=first_failure,
     )
     log.warning(
-        "job %d RETRYING in %.1f s (attempt %d): %s", job.id, next_at - now, attempts, reason
+        "job %d RETRYING in %.1f s (attempt %d): %s",
+        job.id,
+        next_at - now,
+        attempts,
+        reason,
+        extra=job_fields(job, "job_retrying"),
     )
 
 

@@ -15,18 +15,33 @@ from pydicom.errors import InvalidDicomError
 
 from service.api.deps import AdminDep, NodeDep, NodeState, ReaderDep
 from service.api.images import ImageUnavailable, thumbnail
+from service.api.problems import problem_responses
 from service.api.schemas import JobDetail, JobOut, JobPage, PatientOut
 from service.store import Job, JobConflict, JobFilter, JobNotFound, JobState
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong token (problem JSON)"},
-    404: {"description": "No such job (problem JSON)"},
-}
+_LIST_ERRORS = problem_responses({401: "Missing or wrong token"})
+_ERRORS = problem_responses({401: "Missing or wrong token", 404: "No such job"})
 _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    409: {"description": "The job's state does not allow it"},
+    **problem_responses(
+        {
+            401: "Missing or wrong token, or not the admin token",
+            403: "A browser session without the action header",
+            409: "The job's state does not allow it",
+        }
+    ),
+}
+_IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    **problem_responses(
+        {
+            403: "The image has burned-in annotation and show_patient_data is off",
+            404: "No such job, or no such image (yet, or any more)",
+            422: "The image cannot be decoded",
+        }
+    ),
 }
 
 
@@ -80,7 +95,7 @@ def job_filter(
     )
 
 
-@router.get("", response_model=JobPage, responses=_ERRORS)
+@router.get("", response_model=JobPage, responses=_LIST_ERRORS)
 def list_jobs(
     node: NodeDep,
     _: ReaderDep,
@@ -146,7 +161,7 @@ def reprocess_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
 @router.get(
     "/{job_id}/images/{kind}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **_ERRORS},
+    responses={200: {"content": {"image/png": {}}}, **_IMAGE_ERRORS},
 )
 async def job_image(
     job_id: int, kind: Literal["input", "overlay"], node: NodeDep, _: ReaderDep

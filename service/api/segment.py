@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from service.api.deps import NodeDep, NodeState, ReaderDep
+from service.api.problems import problem_responses
 from service.api.schemas import BoundingBox, ImageInfo, LesionOut, SegmentOut
 from service.upload import (
     DEFAULT_OVERLAY_SIZE,
@@ -186,11 +187,17 @@ def wants_png(accept: str | None) -> bool:
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG"},
-        401: {"description": "Missing or wrong token"},
-        411: {"description": "No Content-Length"},
-        413: {"description": "Larger than max_upload_mb or too many pixels"},
-        415: {"description": "Not PNG, JPEG, TIFF or DICOM, or not what it claims"},
-        422: {"description": "The image cannot be decoded"},
+        **problem_responses(
+            {
+                400: "Content-Length is not a number",
+                401: "Missing or wrong token",
+                411: "No Content-Length",
+                413: "Larger than max_upload_mb or too many pixels",
+                415: "Not PNG, JPEG, TIFF or DICOM, or not what it claims",
+                422: "The image cannot be decoded, or a query parameter is invalid",
+                503: "No model is loaded",
+            }
+        ),
     },
 )
 async def segment(

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from dicom_node.scu import Destination, SendError, echo
 from dicom_node.status import Status
 from service.api.deps import AdminDep, NodeDep, NodeState, ReaderDep, Readiness, readiness
+from service.api.problems import problem_responses
 from service.api.schemas import (
     AssociationOut,
     AssociationPage,
@@ -27,9 +28,15 @@ from service.stats import per_bucket, stage_latencies
 from service.store import ASSOCIATION_OUTCOMES, JobState
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong token (problem JSON)"}
-}
+_ERRORS = problem_responses({401: "Missing or wrong token"})
+_ECHO_ERRORS = problem_responses(
+    {
+        401: "Missing or wrong token, or not the admin token",
+        403: "A browser session without the action header",
+        404: "No such destination",
+        409: "Several destinations have that AE title: use AET@HOST:PORT",
+    }
+)
 ECHO_TIMEOUT_S = 10.0
 THROUGHPUT_BUCKETS = 30
 
@@ -40,7 +47,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, tags=["health"])
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    tags=["health"],
+    responses={503: {"model": Readiness, "description": "Not ready: the failing checks say why"}},
+)
 def readyz(node: NodeDep) -> Any:
     """Model loaded, store writable, SCP listening, disk above the watermark (503 if not)."""
     ready = readiness(node)
@@ -151,7 +163,7 @@ def echo_destination(node: NodeState, destination: Destination) -> EchoOut:
     "/api/v1/destinations/{name}/echo",
     response_model=EchoOut,
     tags=["destinations"],
-    responses={**_ERRORS, 404: {"description": "No such destination"}},
+    responses=_ECHO_ERRORS,
 )
 def echo_test(name: str, node: NodeDep, _: AdminDep) -> EchoOut:
     """C-ECHO the destination (PS3.7 9.1.5); ``ok`` false says why it failed."""
@@ -207,7 +219,12 @@ def model_info(node: NodeState) -> ModelOut:
     )
 
 
-@router.get("/api/v1/model", response_model=ModelOut, tags=["model"], responses=_ERRORS)
+@router.get(
+    "/api/v1/model",
+    response_model=ModelOut,
+    tags=["model"],
+    responses={**_ERRORS, **problem_responses({503: "No model is loaded"})},
+)
 def get_model(node: NodeDep, _: ReaderDep) -> ModelOut:
     """The loaded model: its contract (input, normalisation, training data, metrics), sha256."""
     return model_info(node)
