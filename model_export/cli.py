@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -254,12 +255,29 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "tune",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="mean Dice by threshold and minimum lesion area on the validation split",
+    )
+    p.add_argument("--model", required=True, help="ONNX or .keras model (or a run folder)")
+    p.add_argument("--data", required=True, help="image/mask folder")
+    p.add_argument("--split-file", required=True, help="split JSON")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="never the test split")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--min-area-px", type=int, nargs="+", default=[0, 25, 50, 100, 200])
+    p.add_argument("--input-size", type=int, default=256, help=".keras models only")
+    p.add_argument("--out", required=True, help="folder for tuning.json and tuning.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammoseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_tune(sub)
     _add_export(sub)
     _add_make_dataset(sub)
     return parser
@@ -384,9 +402,32 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_tune(args: argparse.Namespace) -> int:
+    from model_export.evaluate import tune_postprocessing, tuning_markdown
+
+    result = tune_postprocessing(
+        args.model,
+        args.data,
+        args.split_file,
+        split=args.split,
+        thresholds=args.threshold,
+        min_areas_px=args.min_area_px,
+        input_size=args.input_size,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = tuning_markdown(result)
+    (out / "tuning.md").write_text(text)
+    print(text, end="")
+    return EXIT_OK
+
+
 def _needs_tensorflow(args: argparse.Namespace) -> bool:
     if args.command in ("train", "export"):
         return True
+    if args.command == "tune":
+        return not str(args.model).lower().endswith(".onnx")
     if args.command == "evaluate":
         return any(
             not str(m).lower().endswith(".onnx") and not str(m).startswith("baseline:")
@@ -415,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "make-dataset": _run_make_dataset,
         "export": _run_export,
         "evaluate": _run_evaluate,
+        "tune": _run_tune,
     }
     try:
         return handlers[args.command](args)

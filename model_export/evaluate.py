@@ -563,3 +563,74 @@ def evaluate_models(
     plot_comparison(results, out / "comparison.png")
     print(table, flush=True)
     return results
+
+
+def tune_postprocessing(
+    model: str | Path,
+    data: str | Path,
+    split_file: str | Path,
+    *,
+    split: str = "val",
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    min_areas_px: Sequence[int] = (0, 25, 50, 100, 200),
+    input_size: int = 256,
+) -> dict[str, Any]:
+    """Mean per-image Dice for each threshold and minimum component area, on one split.
+
+    The model runs once per image (at source resolution, as served); every
+    threshold / area pair is scored on that probability map. Use it on the
+    validation split only: a choice made on the test split would make the test
+    figures selection figures.
+    """
+    from model_export.datasets import find_pairs, read_image, read_mask, select
+
+    keys = json.loads(Path(split_file).read_text())[split]
+    pairs = select(find_pairs(data, include_unmasked=True), keys)
+    if not pairs:
+        raise EvaluationError(f"no images in split {split!r} of {data}")
+    predictor = _Predictor(str(model), input_size)
+    dice = np.zeros((len(thresholds), len(min_areas_px), len(pairs)))
+    for k, pair in enumerate(pairs):
+        image = read_image(pair.image)
+        truth = read_mask(pair.mask) if pair.mask is not None else np.zeros(image.shape, bool)
+        prob, _, _ = predictor.predict(image, "source")
+        for i, level in enumerate(thresholds):
+            for j, area in enumerate(min_areas_px):
+                dice[i, j, k] = dice_iou(truth, threshold_mask(prob, level, min_area_px=area))[0]
+    mean = dice.mean(axis=2)
+    best_i, best_j = (int(v) for v in np.unravel_index(int(np.argmax(mean)), mean.shape))
+    return {
+        "model": str(model),
+        "split": split,
+        "images": len(pairs),
+        "thresholds": list(thresholds),
+        "min_areas_px": list(min_areas_px),
+        "mean_dice": mean.round(4).tolist(),
+        "best": {
+            "threshold": float(thresholds[best_i]),
+            "min_area_px": int(min_areas_px[best_j]),
+            "mean_dice": round(float(mean[best_i, best_j]), 4),
+        },
+    }
+
+
+def tuning_markdown(result: dict[str, Any]) -> str:
+    """The tuning grid as a Markdown table (rows: threshold, columns: minimum area)."""
+    areas = result["min_areas_px"]
+    lines = [
+        f"Mean per-image Dice on the {result['split']} split ({result['images']} images) of "
+        f"`{result['model']}`, by threshold (rows) and minimum component area in pixels "
+        "(columns).",
+        "",
+        "| threshold | " + " | ".join(f"{a} px" for a in areas) + " |",
+        "|---|" + "---|" * len(areas),
+    ]
+    for level, row in zip(result["thresholds"], result["mean_dice"], strict=True):
+        lines.append(f"| {level:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    best = result["best"]
+    lines += [
+        "",
+        f"Best: threshold {best['threshold']:g}, minimum area {best['min_area_px']} px, "
+        f"mean Dice {best['mean_dice']:.3f}.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service import __version__
 
-TRAIN_COMMANDS = ("train", "evaluate", "export", "make-dataset")
+TRAIN_COMMANDS = ("train", "evaluate", "tune", "export", "make-dataset")
 
 # Exit statuses, documented in README.md and deploy/README.md. systemd's
 # RestartPreventExitStatus=2 (deploy/mammoseg.service) stops a restart loop on a bad config.

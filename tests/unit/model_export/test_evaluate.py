@@ -77,3 +77,29 @@ def test_min_area_drops_specks_as_the_node_does(pair_tree: Path, tmp_path: Path)
     assert all(s.predicted_px == 0 for s in dropped.images)
     assert dropped.mean_over(True)[0] == 0.0
     assert f"under {huge} px dropped" in (tmp_path / "b" / "comparison.md").read_text()
+
+
+def test_tune_scores_each_threshold_and_area_and_refuses_the_test_split(
+    pair_tree: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from model_export.cli import main
+
+    model = brightness_model(tmp_path / "bright.onnx")
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [], "val": ["case00", "case01"], "test": []}))
+    result = evaluate.tune_postprocessing(
+        model, pair_tree, split_file, thresholds=(0.5, 2.0), min_areas_px=(0, 10**6)
+    )
+    assert result["images"] == 2
+    # threshold 0.5 finds the discs; 2.0 (above any probability) and a huge minimum area
+    # find nothing, so those cells score 0 and the best is (0.5, 0)
+    (good, none), (never, never_too) = result["mean_dice"]
+    assert good > 0.9 and none == never == never_too == 0.0
+    assert result["best"] == {"threshold": 0.5, "min_area_px": 0, "mean_dice": good}
+    out = tmp_path / "tuned"
+    args = ["tune", "--model", str(model), "--data", str(pair_tree), "--split-file"]
+    assert main([*args, str(split_file), "--out", str(out)]) == 0
+    assert "| threshold |" in (out / "tuning.md").read_text()
+    with pytest.raises(SystemExit):
+        main([*args, str(split_file), "--split", "test", "--out", str(out)])
