@@ -19,11 +19,11 @@ ensure_venv() {
         "$py" -m venv "$VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
     fi
-    # Reinstall only when pyproject.toml or the extras changed.
+    # Reinstall only when pyproject.toml, constraints.txt or the extras changed.
     stamp="$VENV/.mammoseg-installed-$(echo "$extras" | tr ',' '-')"
-    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-        echo "mammoseg: installing $spec" >&2
-        "$VENV/bin/python" -m pip install -q -e "$spec"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
+        echo "mammoseg: installing $spec (versions from constraints.txt)" >&2
+        "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$spec"
         touch "$stamp"
     fi
 }

@@ -29,3 +29,25 @@ def test_psycopg_is_an_extra_that_the_tests_pull_in() -> None:
     extras = PROJECT["optional-dependencies"]
     assert any(dep.startswith("psycopg[binary]") for dep in extras["postgres"])
     assert "mammoseg[postgres]" in extras["test"]
+
+
+def test_constraints_pin_every_dependency_within_pyproject() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = version.strip()
+    requirements = [Requirement(r) for r in PROJECT["dependencies"]]
+    for extra in PROJECT["optional-dependencies"].values():
+        requirements += [Requirement(r) for r in extra if not r.startswith("mammoseg")]
+    for req in requirements:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
+    # Every install path uses the file.
+    assert '-c "$ROOT/constraints.txt"' in (ROOT / "scripts" / "_venv.sh").read_text()
+    assert "-c constraints.txt" in (ROOT / "deploy" / "Containerfile").read_text()
