@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, RLELossless
 
+from dicom_node.codestream import CodestreamError, check_frame, check_rle
 from dicom_node.errors import DicomNodeError
 
 #: Largest image accepted by default (rows x columns), checked before decoding.
@@ -199,13 +201,49 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> _Geometry:
     )
 
 
+def _check_codestream(ds: Dataset, geometry: _Geometry, name: str) -> dict[str, str]:
+    """Refuse a compressed frame that declares another image than the dataset, before decoding.
+
+    Returns the decoder options: RLE goes to pylibjpeg-rle only, whose output
+    is one frame, never to pydicom's own RLE decoder, which grows as it goes.
+    """
+    ts = geometry.transfer_syntax
+    try:
+        compressed = ts.is_compressed
+    except ValueError:  # not a transfer syntax: the decoder lookup says so
+        return {}
+    if not compressed:
+        return {}
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception as exc:  # noqa: BLE001 - whatever the fragment parser raises
+        raise PixelDataError(f"cannot decode transfer syntax {name}: {exc}") from exc
+    sizes = {
+        "rows": geometry.rows,
+        "columns": geometry.columns,
+        "samples": 1,
+        "bits_allocated": geometry.bits_allocated,
+    }
+    try:
+        if ts == RLELossless:
+            check_rle(frame, **sizes)
+            return {"decoding_plugin": "pylibjpeg"}
+        check_frame(frame, **sizes)
+    except CodestreamError as exc:
+        raise PixelDataError(
+            f"cannot decode transfer syntax {name}: {exc} (refused before decoding)"
+        ) from exc
+    return {}
+
+
 def _decode(ds: Dataset, geometry: _Geometry) -> np.ndarray:
     """Stored values as an integer array, decoded once with pydicom's handlers (PS3.5 8, A.4)."""
     ts = geometry.transfer_syntax
     name = f"{ts.name} ({ts})" if ts.name != ts else str(ts)
+    options = _check_codestream(ds, geometry, name)
     try:
         decoder = get_decoder(ts)
-        arr, _ = decoder.as_array(ds, index=0)
+        arr, _ = decoder.as_array(ds, index=0, **options)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - third-party plugins raise anything
         raise PixelDataError(f"cannot decode transfer syntax {name}: {exc}") from exc
     if arr.shape != (geometry.rows, geometry.columns):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import highdicom as hd
@@ -136,6 +136,10 @@ class Provenance:
 
     ``uid_root`` is the site's UID prefix (PS3.5 9), at most 40 characters and
     ending with '.', so that generated UIDs stay within 64 characters.
+
+    ``result_key`` names one run on one source beyond its SOP Instance UID
+    (the node: the content hash and the reprocess generation of the job; see
+    :meth:`derived_uid`); it stays empty when there is nothing more to say.
     """
 
     model_name: str
@@ -146,6 +150,7 @@ class Provenance:
     device_serial_number: str = "0"
     uid_root: str
     institution_name: str | None = None
+    result_key: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -172,6 +177,34 @@ class Provenance:
     def new_uid(self) -> UID:
         """A fresh UID under ``uid_root`` (PS3.5 9)."""
         return generate_uid(prefix=self.uid_root)
+
+    def for_result(self, key: str) -> Provenance:
+        """This provenance for one run: ``key`` joins the result UIDs' inputs."""
+        return replace(self, result_key=key)
+
+    def derived_uid(self, source: Dataset, kind: str) -> UID:
+        """The UID of one result of ``source``: the same inputs give the same UID.
+
+        A hash (``generate_uid`` with entropy sources, PS3.5 B.2) of the
+        source's SOP Instance UID, :attr:`result_key`, the model name and
+        version and ``kind`` (e.g. "seg.series", "sr.instance"), under
+        ``uid_root``. A source sent again therefore gives results with the
+        UIDs it had, which a PACS files as the same objects, not as new ones;
+        a new model version, new content or a reprocess give new UIDs. A
+        source without a SOP Instance UID gets fresh random UIDs.
+        """
+        source_uid = str(source.get("SOPInstanceUID", "") or "")
+        if not source_uid:
+            return self.new_uid()
+        inputs = [
+            "mammoseg result",
+            source_uid,
+            self.result_key,
+            self.model_name,
+            self.model_version,
+            kind,
+        ]
+        return generate_uid(prefix=self.uid_root, entropy_srcs=inputs)
 
     @property
     def device_uid(self) -> UID:

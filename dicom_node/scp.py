@@ -15,11 +15,10 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Protocol, cast
 
-from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -41,10 +40,16 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.limits import (
+    DEFAULT_MAX_INFLATED_BYTES,
+    HEADER_ALLOWANCE_BYTES,
+    DatasetTooLarge,
+    read_dataset,
+)
 from dicom_node.spool import instance_path, write_atomically
 from dicom_node.status import Status
+from dicom_node.transport import ConnectionLimits, GuardedAssociationServer
 from dicom_node.uids import InvalidUIDError, checked_uid
 
 log = logging.getLogger(__name__)
@@ -109,8 +114,23 @@ class ScpConfig:
     require_called_ae_title: bool = True
     max_associations: int = 10
     min_free_bytes: int = 0
+    #: Timeouts (docs/security.md): a silent association is aborted after network_timeout_s;
+    #: the A-ASSOCIATE-RQ must start within request_timeout_s of the connection (after
+    #: TLS) and be complete within acse_timeout_s, which also bounds the release.
     network_timeout_s: float = 60.0
+    acse_timeout_s: float = 10.0
+    dimse_timeout_s: float = 60.0
+    request_timeout_s: float = 5.0
+    tls_handshake_timeout_s: float = 5.0
+    #: Associations at once from one address; None: max_associations - 2 (at least 1), so
+    #: that one peer, hostile or broken, always leaves two for the others.
+    max_associations_per_peer: int | None = None
+    #: Connections accepted but not yet associated, in all and per address.
+    max_pending_connections: int = 64
+    max_pending_per_peer: int = 32
     max_dataset_bytes: int = 0
+    #: A deflated dataset (PS3.5 A.5) inflating past this is refused with 0xA700.
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     tls: TlsConfig | None = None
     writer_name: str = ""  # names this process's temp files in a shared spool
 
@@ -166,7 +186,7 @@ class StorageSCP:
         self.config = config
         self.sink = sink
         self.events = events or AssociationEvents()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedAssociationServer | None = None
         self._lock = threading.Lock()
         self._instances: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
@@ -174,6 +194,27 @@ class StorageSCP:
     @property
     def listening(self) -> bool:
         return self._server is not None
+
+    @property
+    def guard(self) -> GuardedAssociationServer | None:
+        """The running server, with what its limits refused (``counts``)."""
+        return self._server
+
+    def connection_limits(self) -> ConnectionLimits:
+        cfg = self.config
+        per_peer = cfg.max_associations_per_peer
+        if per_peer is None:
+            per_peer = max(1, cfg.max_associations - 2)
+        return ConnectionLimits(
+            max_pdu_length=MAX_PDU_BYTES,
+            request_timeout_s=cfg.request_timeout_s,
+            request_complete_timeout_s=cfg.acse_timeout_s,
+            tls_handshake_timeout_s=cfg.tls_handshake_timeout_s,
+            network_timeout_s=cfg.network_timeout_s,
+            max_pending=cfg.max_pending_connections,
+            max_pending_per_peer=cfg.max_pending_per_peer,
+            max_associations_per_peer=per_peer,
+        )
 
     def _make_ae(self) -> AE:
         cfg = self.config
@@ -184,6 +225,8 @@ class StorageSCP:
         # check (made as PDUs arrive) within 1 MiB of its limit.
         ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.network_timeout = cfg.network_timeout_s
+        ae.acse_timeout = cfg.acse_timeout_s
+        ae.dimse_timeout = cfg.dimse_timeout_s
         ae.require_called_aet = cfg.require_called_ae_title
         if cfg.allowed_callers:
             ae.require_calling_aet = list(cfg.allowed_callers)
@@ -208,9 +251,19 @@ class StorageSCP:
             handlers.append((evt.EVT_DATA_RECV, self._count_bytes))
         ssl_context = cfg.tls.server_context() if cfg.tls else None
         ae = self._make_ae()
-        self._server = ae.start_server(
-            (cfg.host, cfg.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+        server = ae.make_server(
+            (cfg.host, cfg.port),
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=GuardedAssociationServer,
+            limits=self.connection_limits(),
         )
+        # What AE.start_server(block=False) does, with the guarded server class.
+        ae._servers.append(server)
+        threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{cfg.port}", daemon=True
+        ).start()
+        self._server = server
         tls_note = " (TLS)" if ssl_context else ""
         log.info("storage SCP %s listening on %s:%d%s", cfg.ae_title, cfg.host, cfg.port, tls_note)
 
@@ -225,13 +278,20 @@ class StorageSCP:
     def handle_echo(self, event: evt.Event) -> int:
         return int(Status.SUCCESS)
 
-    def handle_store(self, event: evt.Event) -> int:
+    def handle_store(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc
         assoc_id = _assoc_id(assoc)
         with self._lock:
             self._bytes[assoc_id] = 0  # the next message starts counting afresh
         try:
-            return int(self._store(event, assoc_id))
+            result = self._store(event, assoc_id)
+            if isinstance(result, tuple):  # a refusal with its reason (PS3.7 C.4.2.1.8)
+                status, comment = result
+                response = Dataset()
+                response.Status = int(status)
+                response.ErrorComment = comment[:64]
+                return response
+            return int(result)
         except Exception:  # boundary: any failure becomes a DIMSE status, never a crash
             log.exception(
                 "C-STORE failed on %s",
@@ -240,7 +300,7 @@ class StorageSCP:
             )
             return int(Status.OUT_OF_RESOURCES)
 
-    def _store(self, event: evt.Event, assoc_id: str) -> Status:
+    def _store(self, event: evt.Event, assoc_id: str) -> Status | tuple[Status, str]:
         cfg = self.config
         req = cast(C_STORE, event.request)
         try:
@@ -265,12 +325,27 @@ class StorageSCP:
                     extra=_fields("instance_refused", assoc_id, sop_instance_uid),
                 )
                 return Status.OUT_OF_RESOURCES
-            ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            # Inflated under a cap, the header kept and the rest only counted.
+            ds = read_dataset(
+                encoded,
+                stop_before_pixels=True,
+                max_inflated_bytes=cfg.max_inflated_bytes,
+                keep_bytes=HEADER_ALLOWANCE_BYTES,
+            )
             # pydicom parses lazily: read what we need here, inside the guard.
             sop_class_uid = ds.get("SOPClassUID")
             dataset_uid = ds.get("SOPInstanceUID")
             study_uid = str(ds.get("StudyInstanceUID", ""))
             series_uid = str(ds.get("SeriesInstanceUID", ""))
+        except DatasetTooLarge as exc:
+            log.warning(
+                "refused %s on %s: %s",
+                sop_instance_uid,
+                assoc_id,
+                exc,
+                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
+            )
+            return Status.OUT_OF_RESOURCES, "inflated dataset exceeds the node's limit"
         except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the peer sent it
             log.warning(
                 "refused %s on %s: cannot parse dataset (%s)",

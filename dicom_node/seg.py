@@ -120,9 +120,9 @@ def build_segmentation(
             pixel_array=mask.astype(np.bool_, copy=False),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=provenance.new_uid(),
+            series_instance_uid=provenance.derived_uid(source, "seg.series"),
             series_number=series_number,
-            sop_instance_uid=provenance.new_uid(),
+            sop_instance_uid=provenance.derived_uid(source, "seg.instance"),
             instance_number=SEG_INSTANCE_NUMBER,
             manufacturer=provenance.manufacturer,
             manufacturer_model_name=provenance.model_name,
@@ -137,7 +137,7 @@ def build_segmentation(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegmentationError(f"cannot build the SEG from this source: {exc}") from exc
-    _use_own_dimension_organization_uid(seg, provenance)
+    _use_own_dimension_organization_uid(seg, source, provenance)
     copy_patient_study(source, seg)
     copy_patient_orientation(source, seg)
     return seg
@@ -156,9 +156,11 @@ def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificati
     )
 
 
-def _use_own_dimension_organization_uid(seg: Dataset, provenance: Provenance) -> None:
+def _use_own_dimension_organization_uid(
+    seg: Dataset, source: Dataset, provenance: Provenance
+) -> None:
     """Replace highdicom's Dimension Organization UID by one under the site's root."""
-    uid = provenance.new_uid()
+    uid = provenance.derived_uid(source, "seg.dimension-organization")
     for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(keyword, []):
             if "DimensionOrganizationUID" in item:

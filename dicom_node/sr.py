@@ -164,9 +164,9 @@ def build_measurement_report(
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],
-            series_instance_uid=provenance.new_uid(),
+            series_instance_uid=provenance.derived_uid(source, "sr.series"),
             series_number=series_number,
-            sop_instance_uid=provenance.new_uid(),
+            sop_instance_uid=provenance.derived_uid(source, "sr.instance"),
             instance_number=SR_INSTANCE_NUMBER,
             manufacturer=provenance.manufacturer,
             is_complete=True,
@@ -229,7 +229,7 @@ def _lesion_groups(
     context: _Context,
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The segment group and the bounding-box group of one lesion (TID 1410 twice)."""
-    tracking_uid = provenance.new_uid()
+    tracking_uid = provenance.derived_uid(source, f"sr.lesion.{lesion.number}.tracking")
     identifier = LESION_IDENTIFIER.format(number=lesion.number)
     method = SPACING_METHODS[spacing.source if spacing else None]
     length_unit = MILLIMETRE if spacing else PIXELS
@@ -306,7 +306,7 @@ def _no_mass_group(
     """TID 1501 for the whole image: Mass = Absent."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            identifier=NO_MASS_IDENTIFIER, uid=provenance.new_uid()
+            identifier=NO_MASS_IDENTIFIER, uid=provenance.derived_uid(source, "sr.no-mass.tracking")
         ),
         finding_type=MASS,
         finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,

@@ -33,7 +33,13 @@ from service.api.deps import (
 )
 from service.api.problems import problem_openapi
 from service.api.schemas import JobOut, JobPage
-from service.api.segment import CONCURRENT_UPLOADS
+from service.api.segment import CONCURRENT_UPLOADS, MULTIPART_OVERHEAD, upload_limit
+from service.body_limit import (
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_BODY_TOTAL_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    BodyLimitMiddleware,
+)
 from service.metrics import build_registry
 from service.web import pages
 
@@ -52,6 +58,8 @@ __all__ = [
 ]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Routes that take an image upload (max_upload_mb); every other body is small.
+UPLOAD_PATHS = frozenset({"/api/v1/segment", "/upload"})
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -85,7 +93,13 @@ def _install_problem_handlers(app: FastAPI) -> None:
         return problem(500, type(exc).__name__)
 
 
-def create_app(node: NodeState) -> FastAPI:
+def create_app(
+    node: NodeState,
+    *,
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+    body_total_timeout_s: float = DEFAULT_BODY_TOTAL_TIMEOUT_S,
+) -> FastAPI:
+    """The app; request bodies must keep coming within the two timeouts (408 otherwise)."""
     app = FastAPI(
         title="mammoseg",
         version=node.version,
@@ -111,6 +125,19 @@ def create_app(node: NodeState) -> FastAPI:
     )
     app.state.upload_slots = asyncio.Semaphore(CONCURRENT_UPLOADS)
     _install_problem_handlers(app)
+    # Bodies are bounded while they stream (service.body_limit); added before the security
+    # headers so that its 413/408 answers carry them too.
+    upload_bytes = upload_limit(node) + MULTIPART_OVERHEAD
+
+    def body_limit(path: str) -> int:
+        return upload_bytes if path in UPLOAD_PATHS else DEFAULT_MAX_BODY_BYTES
+
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=body_limit,
+        idle_timeout_s=body_idle_timeout_s,
+        total_timeout_s=body_total_timeout_s,
+    )
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -259,6 +259,11 @@ def advise(settings: Settings, report: Report, *, worker: bool) -> None:
         report.warnings.append("no admin_token: retry, reprocess and C-ECHO are refused (403)")
     if settings.uid_root == DEFAULT_UID_ROOT:
         report.warnings.append("uid_root is the example root: set your organisation's")
+    if not worker and not settings.retention_days:
+        report.warnings.append(
+            "retention_days = 0: received images and results are kept forever; the disk "
+            "fills up and then C-STORE answers 0xA700"
+        )
     if not worker and not _is_loopback(settings.http_host) and settings.read_access == "open":
         report.warnings.append(
             f"http_host {settings.http_host} with read_access 'open': anyone on the network "

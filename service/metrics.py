@@ -89,6 +89,7 @@ class NodeCollector(Collector):
         for state in (JobState.DONE, JobState.FAILED, JobState.SKIPPED):
             finished.add_metric([state.value], self.store.event_count(state))
         yield finished
+        yield from store_counters(self.store.counters())
         free = shutil.disk_usage(self.data_dir).free if self.data_dir.exists() else 0
         yield GaugeMetricFamily(
             "mammoseg_free_disk_bytes", "Free bytes on the data directory's disk", value=free
@@ -97,6 +98,42 @@ class NodeCollector(Collector):
             info = InfoMetricFamily("mammoseg_model", "The loaded model")
             info.add_metric([], self.model)
             yield info
+
+
+#: /metrics name of each retention count (label ``what`` of mammoseg_retention_deleted).
+RETENTION_COUNTS = {
+    "jobs_purged": "retention.jobs_purged",
+    "files": "retention.files",
+    "bytes": "retention.bytes",
+    "high_water_jobs": "retention.high_water_jobs",
+    "job_rows": "retention.job_rows",
+    "event_rows": "retention.event_rows",
+    "association_rows": "retention.association_rows",
+}
+
+
+def store_counters(counters: dict[str, int]) -> Iterator[Metric]:
+    """Retention, duplicate and quarantine totals, from the store's counters table."""
+    retention = CounterMetricFamily(
+        "mammoseg_retention_deleted",
+        "What the retention sweep deleted: jobs_purged (jobs whose files went), files, "
+        "bytes, high_water_jobs (of those, early for free disk), job_rows, event_rows, "
+        "association_rows",
+        labels=["what"],
+    )
+    for what, name in RETENTION_COUNTS.items():
+        retention.add_metric([what], counters.get(name, 0))
+    yield retention
+    yield CounterMetricFamily(
+        "mammoseg_duplicates_ignored",
+        "Instances received again with the same content after their job finished (no new job)",
+        value=counters.get("duplicates.ignored", 0),
+    )
+    yield CounterMetricFamily(
+        "mammoseg_jobs_quarantined",
+        "Jobs FAILED as quarantined: their processing crashed the node quarantine_after times",
+        value=counters.get("quarantined", 0),
+    )
 
 
 def build_registry(

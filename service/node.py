@@ -1,7 +1,8 @@
 """The wiring: one function that reads like the pipeline diagram in DESIGN.md.
 
 ``run_node(settings)``: store (recover after a crash) -> model (contract
-checked) -> workers -> storage SCP -> HTTP server in the foreground. SIGTERM
+checked) -> workers (and their heartbeat) -> retention sweep -> storage SCP ->
+HTTP server in the foreground. SIGTERM
 or SIGINT stops the HTTP server; then the SCP stops (open associations are
 aborted, so senders retry), workers finish their current job, the store closes.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from dicom_node.digest import dataset_digest
 from dicom_node.provenance import Provenance
 from dicom_node.scp import (
     AssociationEvents,
@@ -31,21 +33,35 @@ from dicom_node.scp import (
 from dicom_node.spool import remove_partial_files
 from service import __version__
 from service.app import NodeState, create_app
-from service.db import Database
+from service.db import Database, DatabaseError
 from service.inference import Segmenter, load_segmenter
 from service.pipeline import PipelineOptions
+from service.retention import RetentionSweeper, policy_from
 from service.settings import Settings
 from service.store import JobStore, NewJob, StoreError
-from service.worker import RetryPolicy, Sender, Worker, WorkerContext
+from service.worker import (
+    Heartbeat,
+    RetryPolicy,
+    Sender,
+    Worker,
+    WorkerContext,
+    heartbeat_interval,
+)
 
 log = logging.getLogger(__name__)
 
 
 def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
-    """The SCP's sink: commit a job for every instance on disk."""
+    """The SCP's sink: commit a job for every instance on disk.
+
+    The dataset's digest goes with it: an instance received again unchanged
+    after its job finished makes no new job (:meth:`JobStore.admit`). Its
+    fresh spool file is removed when retention had already deleted that
+    job's files (it would belong to no job).
+    """
 
     def commit(instance: ReceivedInstance) -> None:
-        job_id, created = store.add(
+        admission = store.admit(
             NewJob(
                 sop_instance_uid=instance.sop_instance_uid,
                 sop_class_uid=instance.sop_class_uid,
@@ -55,17 +71,29 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
                 calling_ae_title=instance.calling_ae_title,
                 association_id=instance.association_id,
                 path=str(instance.path),
+                content_hash=dataset_digest(instance.path),
             )
         )
+        if admission.outcome == "duplicate" and admission.files_purged:
+            instance.path.unlink(missing_ok=True)
+        words = {
+            "created": "created",
+            "open": "already open",
+            "duplicate": "finished with this content: duplicate ignored",
+        }
         log.info(
             "job %d %s for %s on %s",
-            job_id,
-            "created" if created else "already open",
+            admission.job_id,
+            words[admission.outcome],
             instance.sop_instance_uid,
             instance.association_id,
             extra={
-                "event": "job_created" if created else "job_already_open",
-                "job_id": job_id,
+                "event": {
+                    "created": "job_created",
+                    "open": "job_already_open",
+                    "duplicate": "duplicate_ignored",
+                }[admission.outcome],
+                "job_id": admission.job_id,
                 "sop_instance_uid": instance.sop_instance_uid,
                 "association_id": instance.association_id,
             },
@@ -137,7 +165,23 @@ class Node:
         self.stop_event.set()
         for worker in self.workers:
             worker.join(timeout=timeout_s)
+        hand_back(self.store, self.settings, self.workers)
         log.info("node stopped")
+
+
+def hand_back(store: JobStore, settings: Settings, workers: list[threading.Thread]) -> None:
+    """A worker still busy after the stop timeout: its job goes back, not as a crash.
+
+    Without this, a slow job cut short by an orderly restart would count
+    towards its quarantine (service/store.py, ``recover``).
+    """
+    if any(isinstance(w, Worker | Sender) and w.is_alive() for w in workers):
+        try:
+            handed = store.recover(owner=settings.worker_id, crashed=False)
+        except (StoreError, DatabaseError, sqlite3.Error, OSError):
+            log.exception("could not hand back the unfinished jobs")
+            return
+        log.warning("stopped with jobs unfinished: handed back %s", handed)
 
 
 def tls_config(settings: Settings) -> TlsConfig | None:
@@ -159,18 +203,28 @@ def open_store(settings: Settings) -> JobStore:
     (others' stale ones are taken back by the sender loop later).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    quarantine = settings.quarantine_after
     if settings.database_url:
-        store = JobStore(Database(settings.database_url))
+        store = JobStore(Database(settings.database_url), quarantine_after=quarantine)
         recovered = store.recover(owner=settings.worker_id, stale_after_s=settings.stale_claim_s)
     else:
-        store = JobStore(settings.database_path)
+        store = JobStore(settings.database_path, quarantine_after=quarantine)
         recovered = store.recover()
     log.info(
-        "store %s ready: %d jobs back to RECEIVED, %d to RETRYING",
+        "store %s ready: %d jobs back to RECEIVED, %d to RETRYING, %d quarantined",
         store.backend.dialect,
         recovered["processing"],
         recovered["sending"],
+        recovered["quarantined"],
     )
+    if recovered["quarantined"]:
+        log.error(
+            "%d jobs quarantined: their processing crashed the node %d times (FAILED, "
+            "never claimed again; reprocess redoes one)",
+            recovered["quarantined"],
+            quarantine,
+            extra={"event": "jobs_quarantined"},
+        )
     return store
 
 
@@ -179,6 +233,10 @@ def start_workers(
 ) -> tuple[Segmenter, list[threading.Thread], threading.Event]:
     """Load the model (contract checked) and start the workers and the sender."""
     segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
+    stop_event = threading.Event()
+    heartbeat = Heartbeat(
+        store, settings.worker_id, heartbeat_interval(settings.stale_claim_s), stop_event
+    )
     ctx = WorkerContext(
         store=store,
         segmenter=segmenter,
@@ -194,13 +252,14 @@ def start_workers(
         poll_interval_s=settings.poll_interval_s,
         worker_id=settings.worker_id,
         stale_claim_s=settings.stale_claim_s if settings.database_url else None,
+        heartbeat=heartbeat,
     )
-    stop_event = threading.Event()
     outbox: queue.Queue[int] = queue.Queue()
     workers: list[threading.Thread] = [
         Worker(ctx, stop_event, outbox, name=f"worker-{i}") for i in range(settings.workers)
     ]
     workers.append(Sender(ctx, stop_event, outbox))
+    workers.append(heartbeat)
     for worker in workers:
         worker.start()
     return segmenter, workers, stop_event
@@ -212,6 +271,9 @@ def start_node(settings: Settings) -> Node:
     removed = remove_partial_files(settings.spool_dir, owner=settings.worker_id)
     log.info("%d partial files from an interrupted receive removed", removed)
     segmenter, workers, stop_event = start_workers(settings, store)
+    sweeper = RetentionSweeper(store, policy_from(settings), stop_event)
+    sweeper.start()
+    workers.append(sweeper)
     scp = StorageSCP(
         ScpConfig(
             ae_title=settings.ae_title,
@@ -273,6 +335,7 @@ def run_worker(settings: Settings) -> None:
     stop_event.wait()
     for worker in workers:
         worker.join(timeout=30.0)
+    hand_back(store, settings, workers)
     log.info("worker %s stopped", settings.worker_id)
 
 

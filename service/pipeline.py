@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     BreastTomosynthesisImageStorage,
@@ -32,6 +32,7 @@ from pydicom.uid import (
 )
 
 from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION, build_overlay_capture
+from dicom_node.limits import read_dataset
 from dicom_node.measurements import measure_lesions
 from dicom_node.provenance import DerivedObjectError, Provenance
 from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION, build_segmentation
@@ -93,8 +94,9 @@ class Results:
 
 
 def read_instance(path: Path) -> Dataset:
+    """The stored instance; a deflated one is inflated under the node's cap (dicom_node.limits)."""
     try:
-        return dcmread(path)
+        return read_dataset(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise JobFailed(f"the stored file cannot be read as DICOM: {exc}") from exc
 

@@ -167,6 +167,31 @@ class Settings(BaseSettings):
         default=False, description="Show patient name, ID, birth date in job details"
     )
     max_upload_mb: int = Field(default=64, ge=1, le=2048, description="POST /api/v1/segment")
+    # Long life (issue 12): poison pills, retention.
+    quarantine_after: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Crashed processing attempts before a job is FAILED as quarantined",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Days the spool and outbox files of a finished job are kept; 0: forever",
+    )
+    retention_audit_days: float = Field(
+        default=365.0,
+        ge=0.0,
+        description="Days job rows, their events and the association audit are kept; 0: forever",
+    )
+    retention_high_water_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Below this free disk, the oldest finished jobs' files go early; 0: off",
+    )
+    retention_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the retention sweep runs"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -237,6 +262,21 @@ class Settings(BaseSettings):
             raise ValueError("viewer_token and admin_token must differ")
         if self.show_patient_data and self.read_access == "open":
             raise ValueError("show_patient_data needs read_access 'token' or 'loopback'")
+        return self
+
+    @model_validator(mode="after")
+    def _retention(self) -> Settings:
+        files, audit = self.retention_days, self.retention_audit_days
+        if audit and (not files or audit < files):
+            raise ValueError(
+                f"retention_audit_days ({audit:g}) must be 0 (forever) or at least "
+                f"retention_days ({files:g}, 0 = forever): a job's row outlives its files"
+            )
+        if self.retention_high_water_mb and self.retention_high_water_mb <= self.min_free_mb:
+            raise ValueError(
+                f"retention_high_water_mb ({self.retention_high_water_mb}) must be above "
+                f"min_free_mb ({self.min_free_mb}): files go before C-STORE is refused"
+            )
         return self
 
     @property

@@ -158,16 +158,18 @@ def decode(data: bytes, content_type: str | None, *, max_pixels: int = MAX_PIXEL
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
-    from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    from dicom_node.limits import DatasetTooLarge, max_inflated_bytes, read_dataset
     from dicom_node.pixels import PixelDataError, display_image
     from dicom_node.spacing import pixel_spacing
 
     try:
-        ds = dcmread(io.BytesIO(data))
+        ds = read_dataset(data, max_inflated_bytes=max_inflated_bytes(max_pixels))
         has_pixels = "PixelData" in ds
         rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    except DatasetTooLarge as exc:
+        raise ImageTooLarge(str(exc)) from exc
     except InvalidDicomError as exc:
         raise UploadError(f"the DICOM file cannot be read: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom parses lazily; any error is bad input

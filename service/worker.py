@@ -2,6 +2,11 @@
 
 The worker loop is one of the three places with a broad ``except``: whatever
 goes wrong with one job ends as FAILED with a reason, never a dead worker.
+What kills the whole process (a decoder crash, the OOM killer) is counted by
+the store when the claim is taken back, and quarantines the job after
+``quarantine_after`` times (service/store.py). While this process holds a
+claim, :class:`Heartbeat` keeps it fresh in the store, so that the stale sweep
+of another process never takes back work that is still going on.
 """
 
 from __future__ import annotations
@@ -10,8 +15,12 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from pydicom import dcmread
 
 from dicom_node.scu import Destination, SendError, send_files
 from service.inference import Segmenter
@@ -42,6 +51,68 @@ class RetryPolicy:
         return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
 
 
+class Heartbeat(threading.Thread):
+    """Refreshes ``heartbeat_at`` of the jobs this process holds, every ``interval_s``.
+
+    One thread for all the process's workers; :meth:`holding` brackets the
+    time a job is ours (claimed until finished, or handed to the sender).
+    """
+
+    def __init__(
+        self, store: JobStore, owner: str, interval_s: float, stop: threading.Event
+    ) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.store = store
+        self.owner = owner
+        self.interval_s = interval_s
+        self.stop_event = stop
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}
+        self.beats = 0
+
+    def hold(self, job_id: int) -> None:
+        with self._lock:
+            self._held[job_id] = self._held.get(job_id, 0) + 1
+
+    def release(self, job_id: int) -> None:
+        with self._lock:
+            left = self._held.get(job_id, 0) - 1
+            if left > 0:
+                self._held[job_id] = left
+            else:
+                self._held.pop(job_id, None)
+
+    @contextmanager
+    def holding(self, job_id: int) -> Iterator[None]:
+        self.hold(job_id)
+        try:
+            yield
+        finally:
+            self.release(job_id)
+
+    def held(self) -> list[int]:
+        with self._lock:
+            return sorted(self._held)
+
+    def beat(self) -> int:
+        """One refresh now; returns how many claims the store still credits to us."""
+        alive = self.store.heartbeat(self.held(), self.owner)
+        self.beats += 1
+        return alive
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:  # boundary: a store hiccup must not stop the heartbeat
+                log.exception("heartbeat: cannot refresh the claims; continuing")
+
+
+def heartbeat_interval(stale_claim_s: float) -> float:
+    """Often enough that a live claim never looks stale: a third of the limit, 1-30 s."""
+    return max(1.0, min(30.0, stale_claim_s / 3))
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorkerContext:
     store: JobStore
@@ -54,12 +125,29 @@ class WorkerContext:
     poll_interval_s: float
     worker_id: str = ""
     stale_claim_s: float | None = None  # shared store: take back jobs dead processes left
+    heartbeat: Heartbeat | None = None
+
+
+@contextmanager
+def held(ctx: WorkerContext, job_id: int) -> Iterator[None]:
+    """The job is ours while inside: the heartbeat keeps its claim fresh."""
+    if ctx.heartbeat is None:
+        yield
+        return
+    with ctx.heartbeat.holding(job_id):
+        yield
+
+
+def job_options(ctx: WorkerContext, job: Job) -> PipelineOptions:
+    """The pipeline options for one job: its result UIDs are keyed by the job (idempotent)."""
+    provenance = ctx.options.provenance.for_result(job.result_key)
+    return replace(ctx.options, provenance=provenance)
 
 
 def run_job(ctx: WorkerContext, job: Job) -> bool:
     """Process one claimed (PROCESSING) job; True when its results wait in SENDING."""
     try:
-        results = process_instance(Path(job.path), job.id, ctx.segmenter, ctx.options)
+        results = process_instance(Path(job.path), job.id, ctx.segmenter, job_options(ctx, job))
     except JobSkipped as exc:
         ctx.store.update(job.id, state=JobState.SKIPPED, reason=str(exc))
         log.info(
@@ -113,16 +201,54 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
     return True
 
 
-def deliver(ctx: WorkerContext, job: Job) -> None:
-    """Send the job's result files to every destination not yet served (job is SENDING)."""
-    files = [Path(p) for p in job.results.get("files", [])]
+def unreadable_results(files: list[Path]) -> str | None:
+    """Why the outbox files cannot be sent as they are (None: all read as DICOM).
+
+    A permission problem is left to the send (an OSError: retried, an admin
+    may fix it); a file that is not DICOM never will be, so it fails the job.
+    """
     missing = [p for p in files if not p.is_file()]
     if missing:
-        ctx.store.update(
-            job.id,
-            state=JobState.FAILED,
-            reason=f"result files missing from the outbox: {len(missing)}",
-        )
+        return f"result files missing from the outbox: {len(missing)}"
+    for path in files:
+        try:
+            dcmread(path, stop_before_pixels=True)
+        except OSError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the file is bad
+            return f"result file {path.name} in the outbox is unreadable: {type(exc).__name__}"
+    return None
+
+
+def deliver(ctx: WorkerContext, job: Job) -> None:
+    """Send the job's results; whatever happens, the job leaves SENDING.
+
+    Any error that :func:`_deliver` does not expect ends the job FAILED with
+    the reason (an admin can retry it), instead of leaving it SENDING for good.
+    """
+    with held(ctx, job.id):
+        try:
+            _deliver(ctx, job)
+        except Exception as exc:  # boundary: one job's results never stop the sender
+            log.exception(
+                "job %d FAILED while sending (%s)",
+                job.id,
+                job.sop_instance_uid,
+                extra=job_fields(job, "job_failed"),
+            )
+            ctx.store.update(
+                job.id,
+                state=JobState.FAILED,
+                reason=f"internal error while sending: {type(exc).__name__}: {exc}",
+            )
+
+
+def _deliver(ctx: WorkerContext, job: Job) -> None:
+    """Send the job's result files to every destination not yet served (job is SENDING)."""
+    files = [Path(p) for p in job.results.get("files", [])]
+    problem = unreadable_results(files)
+    if problem:
+        ctx.store.update(job.id, state=JobState.FAILED, reason=problem)
         return
     delivered = list(job.delivered)
     start = time.perf_counter()
@@ -213,8 +339,12 @@ class Worker(threading.Thread):
                     [JobState.RECEIVED], JobState.PROCESSING, owner=self.ctx.worker_id
                 )
                 if job is not None:
-                    if run_job(self.ctx, job):
-                        self.outbox.put(job.id)
+                    with held(self.ctx, job.id):
+                        if run_job(self.ctx, job):
+                            # Still ours until the sender is done with it.
+                            if self.ctx.heartbeat is not None:
+                                self.ctx.heartbeat.hold(job.id)
+                            self.outbox.put(job.id)
                     continue
             except Exception:  # boundary: keep the worker alive (store hiccup, disk full)
                 log.exception("worker %s: unexpected error; continuing", self.name)
@@ -255,9 +385,18 @@ class Sender(threading.Thread):
                 except queue.Empty:
                     pass
                 else:
-                    fresh = store.get(job_id)
-                    if fresh is not None and fresh.state is JobState.SENDING:
-                        deliver(self.ctx, fresh)
+                    try:
+                        fresh = store.get(job_id)
+                        # Not if the stale sweep gave it to another process meanwhile.
+                        if (
+                            fresh is not None
+                            and fresh.state is JobState.SENDING
+                            and fresh.owner == self.ctx.worker_id
+                        ):
+                            deliver(self.ctx, fresh)
+                    finally:
+                        if self.ctx.heartbeat is not None:
+                            self.ctx.heartbeat.release(job_id)
                 # One due retry per turn, so retries never starve under load.
                 job = store.claim([JobState.RETRYING], JobState.SENDING, owner=self.ctx.worker_id)
                 if job is not None:

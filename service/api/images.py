@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.limits import HEADER_ALLOWANCE_BYTES, read_dataset
 from dicom_node.pixels import PixelDataError, display_image
 from service.store import Job
 
@@ -33,7 +33,12 @@ class ImageUnavailable(Exception):
 
 def _burned_in(path: Path) -> bool:
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["BurnedInAnnotation"])
+        ds = read_dataset(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["BurnedInAnnotation"],
+            keep_bytes=HEADER_ALLOWANCE_BYTES,
+        )
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise ImageUnavailable(f"the received instance cannot be read: {exc}") from exc
     return str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
@@ -50,7 +55,7 @@ def _png(pixels: np.ndarray, max_size: int) -> bytes:
 @lru_cache(maxsize=64)
 def _thumbnail(path: str, mtime_ns: int, kind: str, max_size: int) -> bytes:
     try:
-        ds = dcmread(path)
+        ds = read_dataset(path)
         if kind == "input":
             display = display_image(ds)
             gray = np.clip(display.pixels, 0.0, 1.0) * 255.0 + 0.5

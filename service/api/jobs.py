@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.limits import HEADER_ALLOWANCE_BYTES, read_dataset
 from service.api.deps import AdminDep, NodeDep, NodeState, ReaderDep
 from service.api.images import ImageUnavailable, thumbnail
 from service.api.problems import problem_responses
@@ -60,10 +60,11 @@ def existing_job(node: NodeState, job_id: int) -> Job:
 def patient_of(job: Job) -> PatientOut | None:
     """Patient name, ID and birth date from the received file's header (trusted networks)."""
     try:
-        ds = dcmread(
+        ds = read_dataset(
             job.path,
             stop_before_pixels=True,
             specific_tags=["PatientName", "PatientID", "PatientBirthDate"],
+            keep_bytes=HEADER_ALLOWANCE_BYTES,
         )
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None

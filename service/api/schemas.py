@@ -31,6 +31,12 @@ class JobOut(BaseModel):
     result_uids: dict[str, str] = Field(description="Kind of result (seg, sc, ...) -> SOP UID")
     lesion_pixels: int | None
     delivered_to: list[str]
+    crashes: int = Field(
+        default=0, description="Processing attempts cut short by the process dying (quarantine)"
+    )
+    files_deleted_at: float | None = Field(
+        default=None, description="When retention deleted the job's spool and outbox files"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -52,6 +58,8 @@ class JobOut(BaseModel):
             result_uids=job.results.get("uids", {}),
             lesion_pixels=job.results.get("lesion_pixels"),
             delivered_to=job.delivered,
+            crashes=job.crashes,
+            files_deleted_at=job.purged_at,
         )
 
 
@@ -115,7 +123,7 @@ class JobDetail(JobOut):
             retries=sum(1 for e in events if e.state is JobState.RETRYING),
             events=[EventOut.of(e) for e in events],
             can_retry=job.state in RETRYABLE and bool(job.results.get("files")),
-            can_reprocess=job.state in TERMINAL,
+            can_reprocess=job.state in TERMINAL and job.purged_at is None,
             patient=patient,
         )
 

@@ -111,6 +111,7 @@ def _overview(node: NodeState, window: str) -> dict[str, Any]:
         "latency": latency_chart(stats.latency),
         "total_latency": next(x for x in stats.latency if x.stage == "total"),
         "failures": [JobOut.of(j) for j in failures],
+        "upkeep": node.store.counters(),  # retention, duplicates, quarantine (service/retention.py)
     }
 
 

@@ -33,8 +33,8 @@ def test_roundtrip_and_recovery_on_postgres(store: JobStore) -> None:
     job = store.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
     assert job is not None and job.owner == "w1"
     store.update(job_id, timings={"infer_s": 0.25})
-    assert store.recover(owner="w2") == {"processing": 0, "sending": 0}
-    assert store.recover(owner="w1") == {"processing": 1, "sending": 0}
+    assert store.recover(owner="w2") == {"processing": 0, "sending": 0, "quarantined": 0}
+    assert store.recover(owner="w1") == {"processing": 1, "sending": 0, "quarantined": 0}
     again = store.get(job_id)
     assert again is not None and again.state is JobState.RECEIVED
     assert again.timings["infer_s"] == 0.25
@@ -59,3 +59,52 @@ def test_concurrent_claims_take_each_job_once_on_postgres(store: JobStore) -> No
         t.join()
     assert sorted(taken) == sorted(j.id for j in store.list(limit=100))
     assert len(taken) == 60 == len(set(taken))
+
+
+def test_concurrent_stores_of_one_uid_make_one_job_on_postgres(store: JobStore) -> None:
+    """Two (here 16) associations storing one UID at once: the unique index decides."""
+    from service.store import NewJob
+
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    for round_ in range(5):
+        barrier = threading.Barrier(16)
+        uid = f"9.{round_ + 1}"
+
+        def admit(uid: str = uid, barrier: threading.Barrier = barrier) -> None:
+            base = new_job(uid)
+            barrier.wait()
+            outcome = store.admit(NewJob(**{**base.__dict__, "content_hash": "c"})).outcome
+            with lock:
+                outcomes.append(outcome)
+
+        threads = [threading.Thread(target=admit) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    jobs = store.list(limit=100)
+    print(f"\n5 rounds of 16 concurrent stores: {len(jobs)} jobs, {outcomes.count('open')} open")
+    assert len(jobs) == 5 and outcomes.count("created") == 5
+
+
+def test_heartbeat_quarantine_and_retention_rows_on_postgres(store: JobStore) -> None:
+    live, _ = store.add(new_job("2.1"))
+    dead, _ = store.add(new_job("2.2"))
+    store.claim([JobState.RECEIVED], JobState.PROCESSING, owner="a", now=100.0)
+    store.claim([JobState.RECEIVED], JobState.PROCESSING, owner="b", now=100.0)
+    assert store.heartbeat([live], "a", now=900.0) == 1
+    taken = store.recover(stale_after_s=600.0, now=1000.0)
+    assert taken == {"processing": 1, "sending": 0, "quarantined": 0}
+    assert store.get(live).state is JobState.PROCESSING  # type: ignore[union-attr]
+    store.update(live, state=JobState.DONE)
+    for _ in range(2):  # two more crashes of the dead one: quarantined (3 by default)
+        store.claim([JobState.RECEIVED], JobState.PROCESSING, owner="b", now=1000.0)
+        store.recover(stale_after_s=600.0, now=5000.0)
+    job = store.get(dead)
+    assert job is not None and job.quarantined, job
+    done_before = store.event_count(JobState.FAILED)
+    assert store.mark_purged(dead, now=5000.0)
+    assert store.delete_finished(finished_before=6000.0)["job_rows"] == 1
+    assert store.event_count(JobState.FAILED) == done_before
+    assert store.counters()["retention.job_rows"] == 1

@@ -52,7 +52,7 @@ def test_recover_after_crash(tmp_path: Path) -> None:
     store.claim([JobState.RECEIVED], JobState.PROCESSING)
     store.update(b, state=JobState.SENDING)
     reopened = JobStore(path)
-    assert reopened.recover() == {"processing": 1, "sending": 1}
+    assert reopened.recover() == {"processing": 1, "sending": 1, "quarantined": 0}
     assert reopened.get(a).state is JobState.RECEIVED  # type: ignore[union-attr]
     assert reopened.get(b).state is JobState.RETRYING  # type: ignore[union-attr]
 

@@ -1,0 +1,84 @@
+"""The PDU length guard on its own: headers checked before bodies, without a network."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from dicom_node.transport import ConnectionLimits, PduTooLarge, _BoundedRecv
+
+
+class FakeRaw:
+    def __init__(self) -> None:
+        self.sent = b""
+        self.shut = False
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+
+
+class FakeSocket:
+    """An AssociationSocket stand-in: recv(n) serves from a byte stream."""
+
+    def __init__(self, stream: bytes) -> None:
+        self.stream = stream
+        self.read = 0
+        self.socket = FakeRaw()
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        data = self.stream[self.read : self.read + nr_bytes]
+        self.read += len(data)
+        return bytearray(data)
+
+
+def pdu(pdu_type: int, body: bytes, claimed: int | None = None) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body) if claimed is None else claimed) + body
+
+
+def guarded(stream: bytes, **limits: int) -> tuple[FakeSocket, _BoundedRecv, list[int]]:
+    sock = FakeSocket(stream)
+    refused: list[int] = []
+    return (
+        sock,
+        _BoundedRecv(sock, ConnectionLimits(**limits), "127.0.0.1", refused.append),
+        refused,
+    )  # type: ignore[arg-type]
+
+
+def test_pdus_within_their_limits_pass_unchanged() -> None:
+    body = bytes(6)  # a body of 6 bytes is read as a body, not as a header
+    stream = pdu(0x04, body) + pdu(0x05, bytes(4))
+    sock, recv, refused = guarded(stream)
+    assert recv(6) == stream[:6] and recv(6) == body
+    assert recv(6) == stream[12:18] and recv(4) == bytes(4)
+    assert refused == [] and sock.socket.sent == b""
+
+
+@pytest.mark.parametrize(
+    ("pdu_type", "claimed", "limit"),
+    [(0x01, 400 << 20, 1 << 20), (0x04, (4 << 20) + 1, 4 << 20), (0x05, 1 << 20, 64 << 10)],
+)
+def test_oversized_pdu_is_aborted_before_its_body(pdu_type: int, claimed: int, limit: int) -> None:
+    sock, recv, refused = guarded(pdu(pdu_type, b"", claimed) + bytes(1 << 16))
+    with pytest.raises(PduTooLarge, match=f"limit {limit}"):
+        recv(6)
+    print(f"\nPDU type 0x{pdu_type:02X} claiming {claimed} bytes: refused after {sock.read} bytes")
+    assert sock.read == 6 and refused == [claimed]
+    assert sock.socket.sent == b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06" and sock.socket.shut
+
+
+def test_unknown_pdu_type_is_left_to_pynetdicom() -> None:
+    sock, recv, refused = guarded(pdu(0x09, b"", 1 << 30))
+    assert len(recv(6)) == 6 and refused == []
+
+
+def test_limits_follow_the_advertised_maximum_length() -> None:
+    limits = ConnectionLimits(max_pdu_length=16384, pdu_slack=2)
+    assert limits.max_pdu_bytes(0x04) == 32768
+    assert ConnectionLimits(max_pdu_length=0).max_pdu_bytes(0x04) == 16 << 20
+    with pytest.raises(ValueError):
+        ConnectionLimits(request_timeout_s=0)
