@@ -429,3 +429,17 @@ def test_docs_and_assets_come_from_this_node(client: TestClient) -> None:
         "/metrics",
     ):
         assert path in spec["paths"], path
+
+
+def test_model_page_headlines_the_held_out_test_figure(tmp_path: Path) -> None:
+    """The shipped model's page gives its test Dice and interval, not only the validation one."""
+    from service.inference import read_contract
+
+    shipped = Path(__file__).resolve().parents[2] / "service/models/mammoseg-mnv2-resunet.onnx"
+    extra = read_contract(shipped).validation_metrics.model_extra or {}
+    assert {"test_dice", "test_dice_ci_low", "test_dice_ci_high"} <= set(extra)
+    client = client_for(tmp_path, model_path=shipped)
+    page = client.get("/model", headers=AS_VIEWER).text
+    figure = f"Dice {extra['test_dice']:.3f} [95 % CI {extra['test_dice_ci_low']:.3f}, "
+    assert "Held-out test" in page and figure in page
+    assert "pad_to_square" in page
