@@ -122,8 +122,10 @@ class ScpConfig:
     dimse_timeout_s: float = 60.0
     request_timeout_s: float = 5.0
     tls_handshake_timeout_s: float = 5.0
-    #: Associations at once from one address; None: max_associations - 2 (at least 1), so
-    #: that one peer, hostile or broken, always leaves two for the others.
+    #: Associations at once from one address; None: no cap beyond max_associations. A
+    #: node shared by several senders sets it (e.g. max_associations - 2) so that one
+    #: peer, hostile or broken, always leaves some for the others; a node fed by one PACS
+    #: address must not (the PACS would lose associations it is configured to use).
     max_associations_per_peer: int | None = None
     #: Connections accepted but not yet associated, in all and per address.
     max_pending_connections: int = 64
@@ -204,7 +206,7 @@ class StorageSCP:
         cfg = self.config
         per_peer = cfg.max_associations_per_peer
         if per_peer is None:
-            per_peer = max(1, cfg.max_associations - 2)
+            per_peer = cfg.max_associations
         return ConnectionLimits(
             max_pdu_length=MAX_PDU_BYTES,
             request_timeout_s=cfg.request_timeout_s,

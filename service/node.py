@@ -282,6 +282,7 @@ def start_node(settings: Settings) -> Node:
             spool_dir=settings.spool_dir,
             allowed_callers=settings.allowed_callers,
             max_associations=settings.max_associations,
+            max_associations_per_peer=settings.max_associations_per_peer or None,
             min_free_bytes=settings.min_free_mb << 20,
             max_dataset_bytes=settings.max_dataset_mb << 20,
             tls=tls_config(settings),

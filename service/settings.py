@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     other_modality_policy: Literal["skip", "fail"] = "skip"
     institution_name: str | None = None
     max_associations: int = Field(default=10, ge=1, le=200)
+    max_associations_per_peer: int = Field(
+        default=0,
+        ge=0,
+        le=200,
+        description="Associations at once from one IP address (0: only max_associations)",
+    )
     min_free_mb: int = Field(
         default=200, ge=0, description="Below this free disk, refuse with 0xA700"
     )
