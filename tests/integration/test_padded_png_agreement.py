@@ -64,8 +64,6 @@ def test_dicom_and_its_padded_png_give_masks_that_agree(
     from_dicom = segmenter.predict(full).probability  # rows x columns
     assert from_dicom.shape == (rows, columns) and from_png.shape == (512, 512)
     in_png_frame = padded_square(from_dicom, 512)
-    # Outside the image (the padding), the node reports nothing.
-    assert np.abs(in_png_frame[:, :40]).max() < 0.05 or np.abs(in_png_frame[:, -40:]).max() < 0.05
 
     assert float(np.corrcoef(in_png_frame.ravel(), from_png.ravel())[0, 1]) >= 0.97
     assert float(np.abs(in_png_frame - from_png).mean()) <= 0.01
