@@ -37,7 +37,9 @@ CBIS-DDSM film (2048 x 1323, 8.1 MB raw):
 
 A source that was itself lossy-compressed makes the SC lossy too (Lossy
 Image Compression 01 with the source's methods, PS3.3 C.7.6.1.1.5).
-Contributing Equipment names the model (PS3.3 C.12.1.1.5, IHE AI Results).
+Contributing Equipment names the model (PS3.3 C.12.1.1.5, IHE AI Results);
+series and equipment are those of every derived object
+(:func:`dicom_node.provenance.derived_object_kwargs`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
 )
@@ -64,9 +65,10 @@ from dicom_node.provenance import (
     Provenance,
     check_series,
     check_source,
-    contributing_equipment,
     copy_patient_orientation,
     copy_patient_study,
+    derived_object_kwargs,
+    highdicom_errors,
     reference_dataset,
     source_laterality,
 )
@@ -75,7 +77,6 @@ DEFAULT_SC_SERIES_DESCRIPTION: Final = "AI mass overlay (not for diagnostic use)
 DEFAULT_MAX_SIZE: Final = 2048
 MIN_MAX_SIZE: Final = 64
 DEFAULT_ALPHA: Final = 0.4
-SC_INSTANCE_NUMBER: Final = 1
 WARNING_TEXT: Final = "AI segmentation - not for diagnostic use"
 NO_MASS_TEXT: Final = "No mass found"
 OVERLAY_RED: Final = (255, 0, 0)
@@ -144,31 +145,24 @@ def build_overlay_capture(
     _draw_text(rgb, provenance, found=bool(small_mask.any()), laterality=laterality)
 
     spacing = _scaled_spacing(source.get("PixelSpacing"), rows / out_rows, columns / out_columns)
-    try:
+    with highdicom_errors(CaptureError, "the overlay capture from this source"):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=reference_dataset(source),
             pixel_array=rgb,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=provenance.derived_uid(source, "sc.series"),
-            series_number=series_number,
-            sop_instance_uid=provenance.derived_uid(source, "sc.instance"),
-            instance_number=SC_INSTANCE_NUMBER,
-            manufacturer=provenance.manufacturer,
-            manufacturer_model_name=provenance.model_name,
-            software_versions=provenance.software_version,
-            device_serial_number=provenance.device_serial_number,
-            institution_name=provenance.institution_name,
-            series_description=series_description,
             pixel_spacing=spacing,  # type: ignore[arg-type]  # annotated tuple[int, int]
             laterality=laterality,
             patient_orientation=_PLACEHOLDER_ORIENTATION,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[contributing_equipment(provenance)],
+            **derived_object_kwargs(
+                "sc",
+                provenance,
+                source,
+                series_number=series_number,
+                series_description=series_description,
+            ),
         )
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise CaptureError(f"cannot build the overlay capture from this source: {exc}") from exc
     copy_patient_study(source, sc)
     copy_patient_orientation(source, sc)
     sc.BurnedInAnnotation = "YES"

@@ -14,21 +14,29 @@ handed to highdicom without pixel data or patient identity, the series
 checks, and the Contributing Equipment item that names the model (PS3.3
 C.12.1.1.5; IHE AI Results: every result says which algorithm and version
 made it).
+
+The series and equipment arguments that highdicom's ``SOPClass`` takes for
+every object type (series and instance UIDs and numbers, General Equipment,
+transfer syntax, Contributing Equipment) are made in one place,
+:func:`derived_object_kwargs`, and every builder wraps its highdicom
+constructor in :func:`highdicom_errors`, which turns what highdicom raises
+into the builder's :class:`DerivedObjectError` with a readable reason.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Literal, TypedDict, get_args
 
 import highdicom as hd
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.errors import DicomNodeError
 
@@ -43,6 +51,15 @@ MAX_SERIES_NUMBER: Final = 2**31 - 1
 #: PS3.16 CID 7005: "Processing Equipment", equipment that processed composite
 #: instances to create new ones: the AI model, for every derived object.
 PROCESSING_EQUIPMENT: Final = codes.DCM.ProcessingEquipment  # DCM 109102
+#: Every derived object is the only instance, number 1, of its own series.
+RESULT_INSTANCE_NUMBER: Final = 1
+#: What highdicom raises for arguments or a source it cannot use; each builder
+#: turns these into its :class:`DerivedObjectError` (:func:`highdicom_errors`).
+HIGHDICOM_ERRORS: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+
+#: The derived objects, as the first part of their UIDs' kinds (:meth:`Provenance.derived_uid`).
+ResultKind = Literal["seg", "sc", "sr"]
+RESULT_KINDS: Final[tuple[str, ...]] = get_args(ResultKind)
 # Components are 0 or digits without a leading zero (PS3.5 9.1); the root ends with '.'.
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
 
@@ -241,6 +258,77 @@ def contributing_equipment(provenance: Provenance) -> hd.ContributingEquipment:
             f"(mammoseg {provenance.software_version})"
         )[:MAX_SHORT_TEXT],
     )
+
+
+class DerivedObjectKwargs(TypedDict):
+    """The keyword arguments of highdicom's ``SOPClass`` that every derived object shares.
+
+    Named as highdicom names them, so a builder passes ``**kwargs`` to any
+    SOP class constructor (SEG, SC, SR) plus its object-specific arguments.
+    """
+
+    series_instance_uid: UID
+    series_number: int
+    series_description: str
+    sop_instance_uid: UID
+    instance_number: int
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+    institution_name: str | None
+    transfer_syntax_uid: UID
+    contributing_equipment: list[hd.ContributingEquipment]
+
+
+def derived_object_kwargs(
+    kind: ResultKind,
+    provenance: Provenance,
+    source: Dataset,
+    *,
+    series_number: int,
+    series_description: str,
+) -> DerivedObjectKwargs:
+    """The series and equipment of the ``kind`` result of ``source`` (PS3.3 C.7.3.1, C.7.5.1).
+
+    A new series (its UIDs derived from the source, ``"{kind}.series"`` and
+    ``"{kind}.instance"``: :meth:`Provenance.derived_uid`) holding instance 1;
+    General Equipment names the node (manufacturer, the model as
+    Manufacturer's Model Name, the node's version as Software Versions) and
+    Contributing Equipment the model (:func:`contributing_equipment`).
+    highdicom encodes in Explicit VR Little Endian; a builder may re-encode.
+    Call it inside :func:`highdicom_errors`, as highdicom validates the values.
+    """
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"result kind must be one of {RESULT_KINDS}, got {kind!r}")
+    return DerivedObjectKwargs(
+        series_instance_uid=provenance.derived_uid(source, f"{kind}.series"),
+        series_number=series_number,
+        series_description=series_description,
+        sop_instance_uid=provenance.derived_uid(source, f"{kind}.instance"),
+        instance_number=RESULT_INSTANCE_NUMBER,
+        manufacturer=provenance.manufacturer,
+        manufacturer_model_name=provenance.model_name,
+        software_versions=provenance.software_version,
+        device_serial_number=provenance.device_serial_number,
+        institution_name=provenance.institution_name,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[contributing_equipment(provenance)],
+    )
+
+
+@contextmanager
+def highdicom_errors(error: type[DerivedObjectError], what: str) -> Iterator[None]:
+    """Raise ``error("cannot build {what}: ...")`` for what highdicom raises inside.
+
+    highdicom reports a source or argument it cannot use as one of
+    :data:`HIGHDICOM_ERRORS`; the node reports it as a result that cannot be
+    derived, with highdicom's reason.  Other exceptions pass unchanged.
+    """
+    try:
+        yield
+    except HIGHDICOM_ERRORS as exc:
+        raise error(f"cannot build {what}: {exc}") from exc
 
 
 def check_series(series_number: int, series_description: str) -> None:

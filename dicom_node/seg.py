@@ -30,6 +30,8 @@ Decisions:
 - Contributing Equipment (PS3.3 C.12.1.1.5) lists the source's acquisition
   equipment, the model (Processing Equipment, model version as Software
   Versions) and highdicom (IHE AI Results algorithm identification).
+- Series, equipment and transfer syntax are those of every derived object
+  (:func:`dicom_node.provenance.derived_object_kwargs`).
 """
 
 from __future__ import annotations
@@ -41,16 +43,16 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.provenance import (
     DerivedObjectError,
     Provenance,
     check_series,
     check_source,
-    contributing_equipment,
     copy_patient_orientation,
     copy_patient_study,
+    derived_object_kwargs,
+    highdicom_errors,
     reference_dataset,
     source_laterality,
 )
@@ -60,7 +62,6 @@ SEGMENT_NUMBER: Final = 1
 SEGMENT_LABEL: Final = "Mass"
 SEG_CONTENT_LABEL: Final = "MAMMOSEG"
 SEG_CONTENT_DESCRIPTION: Final = "AI mass segmentation"
-SEG_INSTANCE_NUMBER: Final = 1
 MASS: Final[Code] = codes.SCT.Mass  # SCT 4147007
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Final[Code] = codes.SCT.MorphologicallyAbnormalStructure
 BREAST: Final[Code] = codes.SCT.Breast  # SCT 76752008
@@ -114,29 +115,22 @@ def build_segmentation(
         algorithm_identification=algorithm_identification(provenance),
         anatomic_regions=[anatomic_region],
     )
-    try:
+    with highdicom_errors(SegmentationError, "the SEG from this source"):
         seg = hd.seg.Segmentation(
             source_images=[reference_dataset(source)],
             pixel_array=mask.astype(np.bool_, copy=False),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=provenance.derived_uid(source, "seg.series"),
-            series_number=series_number,
-            sop_instance_uid=provenance.derived_uid(source, "seg.instance"),
-            instance_number=SEG_INSTANCE_NUMBER,
-            manufacturer=provenance.manufacturer,
-            manufacturer_model_name=provenance.model_name,
-            software_versions=provenance.software_version,
-            device_serial_number=provenance.device_serial_number,
-            institution_name=provenance.institution_name,
-            series_description=series_description,
             content_label=SEG_CONTENT_LABEL,
             content_description=SEG_CONTENT_DESCRIPTION,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[contributing_equipment(provenance)],
+            **derived_object_kwargs(
+                "seg",
+                provenance,
+                source,
+                series_number=series_number,
+                series_description=series_description,
+            ),
         )
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise SegmentationError(f"cannot build the SEG from this source: {exc}") from exc
     _use_own_dimension_organization_uid(seg, source, provenance)
     copy_patient_study(source, seg)
     copy_patient_orientation(source, seg)

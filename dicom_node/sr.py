@@ -7,7 +7,7 @@ with highdicom and validated by dciodvfy.  Its content tree:
   the model as device observer (TID 1004: its name, manufacturer, model
   name, serial number and a stable UID), procedure reported "Mammography";
 - per lesion (a connected component of the mask above the minimum area,
-  :mod:`dicom_node.measurements`), two measurement groups sharing one
+  ``service.imaging.lesions``), two measurement groups sharing one
   tracking identifier ("Mass 1", ...) and tracking UID (TID 4108):
 
   1. TID 1410 Planar ROI referencing the SEG's "Mass" segment frame and the
@@ -43,29 +43,30 @@ every group references the source image itself, and the Current Requested
 Procedure Evidence Sequence lists the source and the SEG.  The report is
 COMPLETE, PRELIMINARY and UNVERIFIED (PS3.3 C.17.2): nobody has signed it.
 As in the other builders highdicom sees no patient identity; the patient
-and study are copied verbatim afterwards.
+and study are copied verbatim afterwards, and series and equipment are those
+of every derived object (:func:`dicom_node.provenance.derived_object_kwargs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import SegmentationStorage
 
-from dicom_node.measurements import Lesion
 from dicom_node.provenance import (
     DerivedObjectError,
     Provenance,
     check_series,
     check_source,
-    contributing_equipment,
     copy_patient_study,
+    derived_object_kwargs,
+    highdicom_errors,
     reference_dataset,
     source_laterality,
 )
@@ -79,7 +80,6 @@ from dicom_node.seg import (
 from dicom_node.spacing import PixelSpacing
 
 DEFAULT_SR_SERIES_DESCRIPTION: Final = "AI mass measurements (not for diagnostic use)"
-SR_INSTANCE_NUMBER: Final = 1
 #: TID 1500 row 4, Procedure reported.
 MAMMOGRAPHY: Final[Code] = codes.SCT.Mammography  # SCT 71651007
 
@@ -114,6 +114,48 @@ NO_MASS_IDENTIFIER: Final = "No mass"
 LESION_IDENTIFIER: Final = "Mass {number}"
 
 
+class _Box(Protocol):
+    @property
+    def top(self) -> int: ...
+    @property
+    def left(self) -> int: ...
+    @property
+    def bottom(self) -> int: ...
+    @property
+    def right(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+
+
+@runtime_checkable
+class Lesion(Protocol):
+    """What the report reads of a measured lesion (``service.imaging.lesions.Lesion``).
+
+    A protocol, so that this DICOM package does not import the array code above it.
+    """
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def pixel_count(self) -> int: ...
+    @property
+    def area_mm2(self) -> float | None: ...
+    @property
+    def diameter_px(self) -> float: ...
+    @property
+    def diameter_mm(self) -> float | None: ...
+    @property
+    def bbox(self) -> _Box: ...
+    @property
+    def height_mm(self) -> float | None: ...
+    @property
+    def width_mm(self) -> float | None: ...
+    @property
+    def mean_probability(self) -> float: ...
+
+
 class ReportError(DerivedObjectError):
     """A measurement report that cannot be built (the reason says why)."""
 
@@ -130,7 +172,7 @@ def build_measurement_report(
 ) -> Dataset:
     """A Comprehensive 3D SR (TID 1500) of ``lesions``, or "no mass" if there are none.
 
-    ``lesions`` come from :func:`dicom_node.measurements.measure_lesions` on
+    ``lesions`` come from ``measure_lesions`` (``service.imaging.lesions``) on
     the source matrix with ``spacing`` (None: pixel units); ``segmentation``
     is the SEG they were cut from, required when there is a lesion.
     """
@@ -152,7 +194,7 @@ def build_measurement_report(
             )
     else:
         groups = [_no_mass_group(source, provenance, context)]
-    try:
+    with highdicom_errors(ReportError, "the measurement report"):
         report = hd.sr.MeasurementReport(
             observation_context=_observation_context(provenance),
             procedure_reported=MAMMOGRAPHY,
@@ -164,24 +206,17 @@ def build_measurement_report(
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],
-            series_instance_uid=provenance.derived_uid(source, "sr.series"),
-            series_number=series_number,
-            sop_instance_uid=provenance.derived_uid(source, "sr.instance"),
-            instance_number=SR_INSTANCE_NUMBER,
-            manufacturer=provenance.manufacturer,
             is_complete=True,
             is_final=False,
             is_verified=False,
-            institution_name=provenance.institution_name,
-            series_description=series_description,
-            manufacturer_model_name=provenance.model_name,
-            software_versions=provenance.software_version,
-            device_serial_number=provenance.device_serial_number,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[contributing_equipment(provenance)],
+            **derived_object_kwargs(
+                "sr",
+                provenance,
+                source,
+                series_number=series_number,
+                series_description=series_description,
+            ),
         )
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise ReportError(f"cannot build the measurement report: {exc}") from exc
     copy_patient_study(source, sr)
     sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
     return sr
@@ -391,7 +426,7 @@ def _check_lesions(
         raise ValueError("lesion numbers must be unique")
     for lesion in lesions:
         if not isinstance(lesion, Lesion):
-            raise ValueError("lesions must be dicom_node.measurements.Lesion objects")
+            raise ValueError("lesions must be measured lesions (service.imaging.lesions.Lesion)")
         if lesion.bbox.bottom > rows or lesion.bbox.right > columns:
             raise ValueError(f"lesion {lesion.number}'s box lies outside the source matrix")
         in_mm = (lesion.area_mm2, lesion.diameter_mm, lesion.width_mm, lesion.height_mm)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from service.preprocess import BREAST_LEVEL
+from service.imaging.preprocess import BREAST_LEVEL
 
 PREFIX = "baseline:"
 KINDS = ("brightest", "otsu")

@@ -1,7 +1,7 @@
 """Training data: DMID, any folder of image/mask pairs, and lesion-insertion sets on disk.
 
 Every image becomes a display-ready ``[0, 1]`` grayscale array and goes to
-model resolution through :func:`service.preprocess.to_model_input`, the very
+model resolution through :func:`service.imaging.preprocess.to_model_input`, the very
 function the node uses, so training and serving see the same pixels. Masks
 are binarised at 127 (on an 8-bit scale) and resized with the same box.
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from service.contract import ModelContract
-from service.preprocess import crop_padded, resize, to_model_input
+from service.imaging.preprocess import crop_padded, resize, to_model_input
 
 log = logging.getLogger(__name__)
 

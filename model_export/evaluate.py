@@ -1,8 +1,8 @@
 """Evaluation: per-image and mean Dice/IoU, a comparison table of models, prediction panels.
 
 ONNX models are scored the way the node serves them: the source image goes
-through :func:`service.preprocess.to_model_input`, the probability map back
-to the source matrix with :func:`service.preprocess.to_source_probability`,
+through :func:`service.imaging.preprocess.to_model_input`, the probability map back
+to the source matrix with :func:`service.imaging.preprocess.to_source_probability`,
 and is thresholded at the contract's threshold; Dice and IoU are computed
 against the full-size mask (``resolution="source"``). ``resolution="model"``
 scores at model resolution instead (what Keras' validation metrics see).
@@ -35,9 +35,9 @@ import numpy as np
 
 from model_export import baselines
 from service.contract import ModelContract
-from service.preprocess import (
+from service.imaging.lesions import threshold_mask
+from service.imaging.preprocess import (
     output_to_probability,
-    threshold_mask,
     to_model_input,
     to_source_probability,
 )

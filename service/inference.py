@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import CONTRACT_KEY, ContractError, ModelContract
-from service.preprocess import (
+from service.imaging.preprocess import (
     output_to_probability,
     to_model_input,
     to_source_probability,

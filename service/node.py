@@ -37,6 +37,7 @@ from service.db import Database, DatabaseError
 from service.inference import Segmenter, load_segmenter
 from service.pipeline import PipelineOptions
 from service.retention import RetentionSweeper, policy_from
+from service.segmentation import LesionRules
 from service.settings import Settings
 from service.store import JobStore, NewJob, StoreError
 from service.worker import (
@@ -123,6 +124,7 @@ def association_audit(store: JobStore) -> AssociationEvents:
 
 def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOptions:
     contract = segmenter.contract
+    rules = LesionRules.of(settings, contract)
     return PipelineOptions(
         provenance=Provenance(
             model_name=contract.model_name,
@@ -135,8 +137,8 @@ def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOption
         seg_series_number=settings.seg_series_number,
         sc_series_number=settings.sc_series_number,
         sc_max_size=settings.sc_max_size,
-        min_lesion_area_mm2=settings.min_lesion_area_mm2,
-        threshold=settings.threshold or contract.threshold,
+        min_lesion_area_mm2=rules.min_lesion_area_mm2,
+        threshold=rules.threshold,
         process_for_processing=settings.process_for_processing,
         sr_series_number=settings.sr_series_number,
         seg_series_description=settings.seg_series_description,

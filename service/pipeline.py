@@ -1,8 +1,10 @@
 """What happens to one received instance: policy, pixels, model, results on disk.
 
-Each step is a small function; :func:`process_instance` reads like the data
-flow in DESIGN.md. Errors a person should read become :class:`JobFailed` or
-:class:`JobSkipped`; anything else is caught by the worker loop.
+Each step is a small function; :func:`process_instance` is the list of them
+in order (docs/architecture.md, "One image through the node"), with timing
+and file writing around the steps rather than inside them. Errors a person
+should read become :class:`JobFailed` or :class:`JobSkipped`; anything else is
+caught by the worker loop.
 
 The input policy (README, "What the node accepts"): Digital Mammography For
 Presentation and Secondary Captures with Modality MG (digitised film) are
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
-import numpy as np
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -33,17 +36,15 @@ from pydicom.uid import (
 
 from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION, build_overlay_capture
 from dicom_node.limits import read_dataset
-from dicom_node.measurements import measure_lesions
+from dicom_node.pixels import DisplayImage, PixelDataError, display_image
 from dicom_node.provenance import DerivedObjectError, Provenance
 from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION, build_segmentation
-from dicom_node.spacing import PixelSpacing, pixel_spacing
+from dicom_node.spacing import pixel_spacing
 from dicom_node.spool import write_atomically
 from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION, build_measurement_report
 from service.inference import Segmenter
-from service.preprocess import threshold_mask
+from service.segmentation import LesionRules, Segmentation, segment_image
 
-# Used for the minimum lesion area when an image has no pixel spacing at all.
-FALLBACK_SPACING_MM = 0.1
 #: What to do with an instance the node stores but does not segment.
 Policy = Literal["skip", "fail"]
 POLICIES: Final[tuple[Policy, ...]] = ("skip", "fail")
@@ -84,13 +85,21 @@ class PipelineOptions:
         if self.voi_index < 0:
             raise ValueError(f"voi_index must be >= 0, got {self.voi_index}")
 
+    @property
+    def rules(self) -> LesionRules:
+        return LesionRules(threshold=self.threshold, min_lesion_area_mm2=self.min_lesion_area_mm2)
+
 
 @dataclass(frozen=True)
 class Results:
-    files: list[Path]
+    files: list[Path]  # in the order they are sent
     uids: dict[str, str]  # kind -> SOP Instance UID
-    lesion_pixels: int
+    segmentation: Segmentation
     timings: dict[str, float]
+
+    @property
+    def lesion_pixels(self) -> int:
+        return int(self.segmentation.mask.sum())
 
 
 def read_instance(path: Path) -> Dataset:
@@ -143,85 +152,114 @@ def check_policy(ds: Dataset, options: PipelineOptions) -> None:
     )
 
 
-def minimum_area_px(spacing: PixelSpacing | None, options: PipelineOptions) -> int:
-    """``min_lesion_area_mm2`` in pixels of this image (at least one pixel)."""
-    area = spacing.pixel_area_mm2 if spacing else FALLBACK_SPACING_MM**2
-    return max(1, int(np.ceil(options.min_lesion_area_mm2 / area)))
-
-
-def process_instance(
-    path: Path, job_id: int, segmenter: Segmenter, options: PipelineOptions
-) -> Results:
-    """Read, check, segment, measure and write the SEG, SC and SR of one instance."""
-    from dicom_node.pixels import PixelDataError, display_image
-
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    ds = read_instance(path)
-    check_policy(ds, options)
+def decode_pixels(ds: Dataset, options: PipelineOptions) -> DisplayImage:
+    """The display-ready image (dicom_node.pixels); undecodable pixel data FAILS with the reason."""
     try:
-        display = display_image(ds, voi_index=options.voi_index)
+        return display_image(ds, voi_index=options.voi_index)
     except PixelDataError as exc:
         raise JobFailed(str(exc)) from exc
-    timings["decode_s"] = time.perf_counter() - start
 
-    prediction = segmenter.predict(display.pixels)
-    timings["preprocess_s"] = prediction.seconds_preprocess
-    timings["infer_s"] = prediction.seconds_infer
-    mark = time.perf_counter()
-    probability = prediction.probability
-    if display.padding is not None:  # padding is never tissue (PS3.3 C.7.5.1.1.2)
-        probability = np.where(display.padding, np.float32(0.0), probability)
+
+def segment_instance(
+    ds: Dataset, display: DisplayImage, segmenter: Segmenter, options: PipelineOptions
+) -> Segmentation:
+    """:func:`service.segmentation.segment_image` with the instance's own pixel spacing."""
     spacing = pixel_spacing(ds)
-    min_pixels = minimum_area_px(spacing, options)
-    mask = threshold_mask(probability, options.threshold, min_area_px=min_pixels)
-    lesions = measure_lesions(
-        mask,
-        probability,
+    return segment_image(
+        display.pixels,
+        segmenter,
+        options.rules,
+        padding=display.padding,
         spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
-        min_pixels=min_pixels,
     )
+
+
+def build_results(
+    ds: Dataset, display: DisplayImage, segmentation: Segmentation, options: PipelineOptions
+) -> dict[str, Dataset]:
+    """SEG (none for an empty mask), SR and SC, in the order they are written and sent."""
+    spacing = pixel_spacing(ds)
     try:
         seg = build_segmentation(
             source=ds,
-            mask=mask,
+            mask=segmentation.mask,
             provenance=options.provenance,
             series_number=options.seg_series_number,
             series_description=options.seg_series_description,
         )
-        sc = build_overlay_capture(
-            source=ds,
-            image=display.pixels,
-            mask=mask,
-            provenance=options.provenance,
-            series_number=options.sc_series_number,
-            series_description=options.sc_series_description,
-            max_size=options.sc_max_size,
-            compression=options.sc_compression,
-        )
         sr = build_measurement_report(
             source=ds,
-            lesions=lesions,
+            lesions=segmentation.lesions,
             spacing=spacing,
             segmentation=seg,
             provenance=options.provenance,
             series_number=options.sr_series_number,
             series_description=options.sr_series_description,
         )
+        sc = build_overlay_capture(
+            source=ds,
+            image=display.pixels,
+            mask=segmentation.mask,
+            provenance=options.provenance,
+            series_number=options.sc_series_number,
+            series_description=options.sc_series_description,
+            max_size=options.sc_max_size,
+            compression=options.sc_compression,
+        )
     except DerivedObjectError as exc:
         raise JobFailed(str(exc)) from exc
-    folder = options.outbox_dir / str(job_id)
+    # The SR right after the SEG it references; the SC, which nothing references, last.
+    built = {"seg": seg, "sr": sr, "sc": sc}
+    return {kind: result for kind, result in built.items() if result is not None}
+
+
+def write_results(results: dict[str, Dataset], folder: Path) -> dict[str, Path]:
+    """Each result as ``folder/<kind>.dcm``, written atomically; a crash's leftovers go first."""
     if folder.exists():  # left by a crash before the job reached SENDING
         shutil.rmtree(folder)
-    files: list[Path] = []
-    uids: dict[str, str] = {}
-    # The SR right after the SEG it references; the SC, which nothing references, last.
-    for kind, result in (("seg", seg), ("sr", sr), ("sc", sc)):
-        if result is None:
-            continue
+    files = {}
+    for kind, result in results.items():
         target = folder / f"{kind}.dcm"
         write_atomically(target, partial(result.save_as, enforce_file_format=True))
-        files.append(target)
-        uids[kind] = str(result.SOPInstanceUID)
-    timings["postprocess_build_s"] = time.perf_counter() - mark
-    return Results(files=files, uids=uids, lesion_pixels=int(mask.sum()), timings=timings)
+        files[kind] = target
+    return files
+
+
+class _Stages:
+    """Wall time of each named step, measured around it (stage name -> seconds)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def process_instance(
+    path: Path, job_id: int, segmenter: Segmenter, options: PipelineOptions
+) -> Results:
+    """Read, check, segment, measure and write the SEG, SC and SR of one instance."""
+    stage = _Stages()
+    with stage("decode_s"):
+        ds = read_instance(path)
+        check_policy(ds, options)
+        display = decode_pixels(ds, options)
+    segmentation = segment_instance(ds, display, segmenter, options)
+    with stage("postprocess_build_s"):
+        results = build_results(ds, display, segmentation, options)
+        files = write_results(results, options.outbox_dir / str(job_id))
+    timings = stage.timings
+    timings["preprocess_s"] = segmentation.seconds_preprocess
+    timings["infer_s"] = segmentation.seconds_infer
+    timings["postprocess_build_s"] += segmentation.seconds_lesions
+    return Results(
+        files=list(files.values()),
+        uids={kind: str(result.SOPInstanceUID) for kind, result in results.items()},
+        segmentation=segmentation,
+        timings=timings,
+    )

@@ -15,18 +15,37 @@ skipped; the results mirror the directory's tree under ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from dicom_node.spacing import pixel_spacing
 from service.inference import Segmenter, load_segmenter
-from service.pipeline import JobFailed, JobSkipped, process_instance
+from service.pipeline import (
+    JobFailed,
+    JobSkipped,
+    build_results,
+    check_policy,
+    decode_pixels,
+    read_instance,
+    segment_instance,
+    write_results,
+)
+from service.segmentation import LesionRules, lesion_view
 from service.settings import Settings, SettingsError, load_settings
-from service.upload import UploadError, mask_png, overlay_png, segment_upload, sniff
+from service.upload import (
+    DecodedImage,
+    UploadError,
+    UploadResult,
+    mask_png,
+    overlay_png,
+    segment_upload,
+    sniff,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     p.add_argument("--min-lesion-area-mm2", type=float, help="drop smaller regions (default 10)")
     p.add_argument(
-        "--pixel-spacing-mm", type=float, help="for pictures without spacing: mm per pixel"
+        "--pixel-spacing-mm",
+        type=float,
+        help="for pictures (PNG, JPEG, TIFF): mm per pixel; DICOM files use their own",
     )
 
 
@@ -78,16 +99,20 @@ def input_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
 def segment_file(
     path: Path, out: Path, segmenter: Segmenter, settings: Settings, pixel_spacing_mm: float | None
 ) -> dict[str, object]:
-    """Write the outputs for one file; returns its summary (also written as JSON)."""
+    """Write the outputs for one file; returns its summary (also written as JSON).
+
+    The model runs once per file. A DICOM file goes through the node's own steps
+    (:mod:`service.pipeline`), so its PNG/JSON and its SEG/SC/SR show the same
+    lesions, measured with the file's own spacing (``pixel_spacing_mm`` is for
+    pictures).
+    """
     data = path.read_bytes()
-    result = segment_upload(
-        data,
-        None,
-        segmenter,
-        threshold=settings.threshold or segmenter.contract.threshold,
-        min_lesion_area_mm2=settings.min_lesion_area_mm2,
-        pixel_spacing_mm=pixel_spacing_mm,
-    )
+    dicom_results: dict[str, str] = {}
+    if sniff(data) == "DICOM":
+        result, dicom_results = _segment_dicom(path, out, segmenter, settings)
+    else:
+        rules = LesionRules.of(settings, segmenter.contract)
+        result = segment_upload(data, None, segmenter, rules, pixel_spacing_mm=pixel_spacing_mm)
     stem = path.stem
     (out / f"{stem}-mask.png").write_bytes(mask_png(result.mask))
     (out / f"{stem}-overlay.png").write_bytes(overlay_png(result))
@@ -99,32 +124,54 @@ def segment_file(
         "pixel_spacing_mm": result.image.spacing_mm,
         "spacing_source": result.image.spacing_source,
         "threshold": result.threshold,
-        "lesions": [dataclasses.asdict(lesion) for lesion in result.lesions],
-        "dicom_results": {},
+        "lesions": [lesion_view(lesion) for lesion in result.lesions],
+        "dicom_results": dicom_results,
     }
-    if sniff(data) == "DICOM":
-        summary["dicom_results"] = _dicom_results(path, out, segmenter, settings)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _dicom_results(
+def _segment_dicom(
     path: Path, out: Path, segmenter: Segmenter, settings: Settings
-) -> dict[str, str]:
+) -> tuple[UploadResult, dict[str, str]]:
+    """One DICOM file through the pipeline's steps; SEG/SC/SR unless its policy says no."""
     from service.node import pipeline_options
 
+    options = pipeline_options(settings, segmenter)
+    start = time.perf_counter()
+    try:
+        ds = read_instance(path)
+        display = decode_pixels(ds, options)
+    except JobFailed as exc:
+        raise UploadError(str(exc)) from exc
+    decoded = time.perf_counter()
+    segmentation = segment_instance(ds, display, segmenter, options)
+    spacing = pixel_spacing(ds)
+    image = DecodedImage(
+        pixels=display.pixels,
+        format="DICOM",
+        spacing_mm=segmentation.spacing_mm,
+        spacing_source=spacing.source if spacing else None,
+        padding=display.padding,
+    )
+    result = UploadResult(
+        image=image,
+        segmentation=segmentation,
+        seconds_decode=decoded - start,
+        seconds_inference=time.perf_counter() - decoded,
+    )
+    try:
+        check_policy(ds, options)
+        built = build_results(ds, display, segmentation, options)
+    except (JobFailed, JobSkipped) as exc:
+        return result, {"not_written": str(exc)}
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        options = dataclasses.replace(pipeline_options(settings, segmenter), outbox_dir=Path(tmp))
-        try:
-            results = process_instance(path, 0, segmenter, options)
-        except (JobFailed, JobSkipped) as exc:
-            return {"not_written": str(exc)}
         written = {}
-        for produced in results.files:
-            target = out / f"{path.stem}-{produced.stem}.dcm"
+        for kind, produced in write_results(built, Path(tmp) / "results").items():
+            target = out / f"{path.stem}-{kind}.dcm"
             shutil.move(produced, target)
-            written[produced.stem] = str(target)
-        return written
+            written[kind] = str(target)
+    return result, written
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,9 +4,10 @@ PNG, JPEG and TIFF are read with Pillow (EXIF orientation applied, so a phone
 photo is upright); DICOM goes through the same display pipeline as the node
 (:func:`dicom_node.pixels.display_image`). The declared content type must
 agree with the file's signature. The image becomes display-ready grayscale in
-[0, 1], then :meth:`Segmenter.predict`, the threshold, connected lesions with
-their areas, and an overlay in red at alpha 0.4 with a red contour and the
-lesion numbers, as in the Secondary Capture the node sends.
+[0, 1], then :func:`service.segmentation.segment_image` (the same step as the
+node's: model, threshold, lesions and their measurements), and an overlay
+in red at alpha 0.4 with a red contour and the lesion numbers, as in the
+Secondary Capture the node sends.
 
 Nothing is stored: the upload lives in memory for the request only. Areas are
 in mm² when the pixel spacing is known (DICOM Pixel Spacing or Imager Pixel
@@ -15,19 +16,19 @@ Spacing, or the ``pixel_spacing_mm`` the caller gives), otherwise in pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import math
 import time
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
-from scipy import ndimage
 
 from dicom_node.capture import overlay_rgb
+from service.imaging.lesions import Lesion
 from service.inference import Segmenter
-from service.preprocess import threshold_mask
+from service.segmentation import LesionRules, Segmentation, segment_image
 
 #: Media types accepted, by the format their signature shows.
 MEDIA_TYPES: Final = {
@@ -50,8 +51,6 @@ _UNSPECIFIC: Final = ("", "application/octet-stream", "binary/octet-stream")
 MAX_PIXELS: Final = 80_000_000
 ALPHA: Final = 0.4
 DEFAULT_OVERLAY_SIZE: Final = 1024
-#: Without a pixel spacing, regions smaller than this fraction of the image are specks.
-MIN_AREA_FRACTION: Final = 1e-4
 WARNING: Final = "AI segmentation - not for diagnostic use"
 
 
@@ -74,38 +73,35 @@ class ImageTooLarge(UploadError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: np.ndarray  # float32 [0, 1], rows x columns, bright = dense
+    pixels: np.ndarray  # float32 [0, 1], rows x columns, bright = dense; padding black
     format: str  # PNG, JPEG, TIFF, DICOM
     spacing_mm: tuple[float, float] | None
     spacing_source: str | None
-
-
-@dataclass(frozen=True)
-class Lesion:
-    number: int
-    area_px: int
-    area_mm2: float | None
-    top: int
-    left: int
-    bottom: int
-    right: int
-    width_mm: float | None
-    height_mm: float | None
-    centroid_row: float
-    centroid_col: float
-    mean_probability: float
-    max_probability: float
+    padding: np.ndarray | None = None  # DICOM Pixel Padding Value pixels (bool)
 
 
 @dataclass(frozen=True)
 class UploadResult:
     image: DecodedImage
-    mask: np.ndarray
-    lesions: list[Lesion]
-    threshold: float
-    max_probability: float
+    segmentation: Segmentation
     seconds_decode: float
     seconds_inference: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.segmentation.mask
+
+    @property
+    def lesions(self) -> tuple[Lesion, ...]:
+        return self.segmentation.lesions
+
+    @property
+    def threshold(self) -> float:
+        return self.segmentation.threshold
+
+    @property
+    def max_probability(self) -> float:
+        return self.segmentation.max_probability
 
 
 def sniff(data: bytes) -> str | None:
@@ -182,15 +178,13 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         display = display_image(ds, max_pixels=max_pixels)
     except PixelDataError as exc:
         raise UploadError(str(exc)) from exc
-    pixels = display.pixels
-    if display.padding is not None:
-        pixels = np.where(display.padding, np.float32(0.0), pixels)
     spacing = pixel_spacing(ds)
-    return DecodedImage(
-        pixels=pixels,
+    return DecodedImage(  # display_image has set the padding pixels to black
+        pixels=display.pixels,
         format="DICOM",
         spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
         spacing_source=spacing.source if spacing else None,
+        padding=display.padding,
     )
 
 
@@ -229,9 +223,8 @@ def segment_upload(
     data: bytes,
     content_type: str | None,
     segmenter: Segmenter,
+    rules: LesionRules,
     *,
-    threshold: float,
-    min_lesion_area_mm2: float,
     pixel_spacing_mm: float | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> UploadResult:
@@ -244,91 +237,19 @@ def segment_upload(
     if pixel_spacing_mm is not None:
         if not 0 < pixel_spacing_mm < 100:
             raise UploadError(f"pixel_spacing_mm {pixel_spacing_mm} is not in (0, 100)")
-        image = DecodedImage(
-            pixels=image.pixels,
-            format=image.format,
-            spacing_mm=(pixel_spacing_mm, pixel_spacing_mm),
-            spacing_source="parameter",
+        image = dataclasses.replace(
+            image, spacing_mm=(pixel_spacing_mm, pixel_spacing_mm), spacing_source="parameter"
         )
     decoded = time.perf_counter()
-    return segment(
-        image,
-        segmenter,
-        threshold=threshold,
-        min_lesion_area_mm2=min_lesion_area_mm2,
-        seconds_decode=decoded - start,
+    segmentation = segment_image(
+        image.pixels, segmenter, rules, padding=image.padding, spacing_mm=image.spacing_mm
     )
-
-
-def segment(
-    image: DecodedImage,
-    segmenter: Segmenter,
-    *,
-    threshold: float,
-    min_lesion_area_mm2: float,
-    seconds_decode: float = 0.0,
-) -> UploadResult:
-    start = time.perf_counter()
-    prediction = segmenter.predict(image.pixels)
-    rows, columns = image.pixels.shape
-    if image.spacing_mm is not None:
-        area = image.spacing_mm[0] * image.spacing_mm[1]
-        min_area_px = math.ceil(min_lesion_area_mm2 / area)
-    else:
-        min_area_px = math.ceil(rows * columns * MIN_AREA_FRACTION)
-    mask = threshold_mask(prediction.probability, threshold, min_area_px=min_area_px)
-    lesions = measure(mask, prediction.probability, image.spacing_mm)
     return UploadResult(
         image=image,
-        mask=mask,
-        lesions=lesions,
-        threshold=threshold,
-        max_probability=float(prediction.probability.max(initial=0.0)),
-        seconds_decode=seconds_decode,
-        seconds_inference=time.perf_counter() - start,
+        segmentation=segmentation,
+        seconds_decode=decoded - start,
+        seconds_inference=time.perf_counter() - decoded,
     )
-
-
-def measure(
-    mask: np.ndarray, probability: np.ndarray, spacing_mm: tuple[float, float] | None
-) -> list[Lesion]:
-    """One entry per connected region, largest first, numbered from 1."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    means = ndimage.mean(probability, labels, index)
-    maxima = ndimage.maximum(probability, labels, index)
-    centroids = ndimage.center_of_mass(mask, labels, index)
-    boxes = ndimage.find_objects(labels)
-    order = sorted(range(count), key=lambda i: -areas[i])
-    lesions = []
-    for number, i in enumerate(order, start=1):
-        box = boxes[i]
-        if box is None:  # find_objects gives a box for every label 1..count
-            continue
-        top, bottom = int(box[0].start), int(box[0].stop)
-        left, right = int(box[1].start), int(box[1].stop)
-        row_mm, col_mm = spacing_mm if spacing_mm else (None, None)
-        lesions.append(
-            Lesion(
-                number=number,
-                area_px=int(areas[i]),
-                area_mm2=float(areas[i] * row_mm * col_mm) if row_mm and col_mm else None,
-                top=top,
-                left=left,
-                bottom=bottom,
-                right=right,
-                width_mm=(right - left) * col_mm if col_mm else None,
-                height_mm=(bottom - top) * row_mm if row_mm else None,
-                centroid_row=float(centroids[i][0]),
-                centroid_col=float(centroids[i][1]),
-                mean_probability=float(means[i]),
-                max_probability=float(maxima[i]),
-            )
-        )
-    return lesions
 
 
 def overlay_png(result: UploadResult, *, max_size: int = DEFAULT_OVERLAY_SIZE) -> bytes:
@@ -343,8 +264,8 @@ def overlay_png(result: UploadResult, *, max_size: int = DEFAULT_OVERLAY_SIZE) -
     stroke = max(1, size // 8)
     scale_r, scale_c = rows / pixels.shape[0], columns / pixels.shape[1]
     for lesion in result.lesions:
-        x = max(0, min(columns - size, round(lesion.right * scale_c) + 2))
-        y = max(0, round(lesion.top * scale_r) - size)
+        x = max(0, min(columns - size, round(lesion.bbox.right * scale_c) + 2))
+        y = max(0, round(lesion.bbox.top * scale_r) - size)
         draw.text(
             (x, y),
             str(lesion.number),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from service.bench_node import free_port
+from service.testkit.processes import free_port
 from tests.tiny_model import write_tiny_model
 
-__all__ = ["free_port", "tiny_model"]  # free_port: the bench's, one implementation
+__all__ = ["free_port", "tiny_model"]  # free_port: service.testkit's, one implementation
 
 
 @pytest.fixture

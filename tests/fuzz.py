@@ -23,7 +23,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.synthetic import synthetic_mammogram
+from service.testkit.synthetic import synthetic_mammogram
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
 

@@ -18,7 +18,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-from tests.synthetic import synthetic_mammogram
+from service.testkit.synthetic import synthetic_mammogram
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 

@@ -27,8 +27,8 @@ from service.app import NodeState, create_app
 from service.inference import load_segmenter
 from service.node import Node, start_node
 from service.settings import Settings, load_settings
+from service.testkit.synthetic import Mass, synthetic_mammogram
 from tests.conftest import free_port
-from tests.synthetic import Mass, synthetic_mammogram
 from tests.tiny_model import write_tiny_model
 
 VIEWER = "viewer-token-0123456789"

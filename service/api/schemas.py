@@ -223,6 +223,8 @@ class LesionOut(BaseModel):
     bbox: BoundingBox
     width_mm: float | None
     height_mm: float | None
+    diameter_px: float = Field(description="Largest (Feret) diameter in pixels")
+    diameter_mm: float | None = Field(description="Largest (Feret) diameter in mm")
     centroid_row: float
     centroid_col: float
     mean_probability: float

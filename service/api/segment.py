@@ -21,7 +21,8 @@ from starlette.datastructures import UploadFile
 
 from service.api.deps import NodeDep, NodeState, ReaderDep
 from service.api.problems import problem_responses
-from service.api.schemas import BoundingBox, ImageInfo, LesionOut, SegmentOut
+from service.api.schemas import ImageInfo, LesionOut, SegmentOut
+from service.segmentation import LesionRules, lesion_view
 from service.upload import (
     DEFAULT_OVERLAY_SIZE,
     MEDIA_TYPES,
@@ -113,8 +114,7 @@ async def run_segmentation(
                 data,
                 declared,
                 segmenter,
-                threshold=node.settings.threshold or segmenter.contract.threshold,
-                min_lesion_area_mm2=node.settings.min_lesion_area_mm2,
+                LesionRules.of(node.settings, segmenter.contract),
                 pixel_spacing_mm=pixel_spacing_mm,
             )
         except UploadError as exc:
@@ -138,21 +138,7 @@ def result_out(node: NodeState, result: UploadResult, *, max_size: int) -> Segme
             pixel_spacing_mm=list(spacing) if spacing else None,
             spacing_source=image.spacing_source,
         ),
-        lesions=[
-            LesionOut(
-                number=x.number,
-                area_px=x.area_px,
-                area_mm2=x.area_mm2,
-                bbox=BoundingBox(top=x.top, left=x.left, bottom=x.bottom, right=x.right),
-                width_mm=x.width_mm,
-                height_mm=x.height_mm,
-                centroid_row=x.centroid_row,
-                centroid_col=x.centroid_col,
-                mean_probability=x.mean_probability,
-                max_probability=x.max_probability,
-            )
-            for x in result.lesions
-        ],
+        lesions=[LesionOut.model_validate(lesion_view(x)) for x in result.lesions],
         mask_area_px=mask_area,
         mask_area_mm2=mask_area * spacing[0] * spacing[1] if spacing else None,
         max_probability=result.max_probability,

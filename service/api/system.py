@@ -24,6 +24,7 @@ from service.api.schemas import (
     StatsOut,
     Throughput,
 )
+from service.segmentation import LesionRules
 from service.stats import per_bucket, stage_latencies
 from service.store import ASSOCIATION_OUTCOMES, JobState
 
@@ -214,7 +215,7 @@ def model_info(node: NodeState) -> ModelOut:
         sha256=segmenter.sha256,
         file_name=segmenter.path.name,
         file_bytes=segmenter.path.stat().st_size if segmenter.path.exists() else 0,
-        threshold_in_use=node.settings.threshold or contract.threshold,
+        threshold_in_use=LesionRules.of(node.settings, contract).threshold,
         contract=contract.model_dump(),
     )
 

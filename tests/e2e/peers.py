@@ -1,5 +1,9 @@
 """Third-party peers for end-to-end tests, started as processes on loopback.
 
+The node itself is started with :func:`service.testkit.launch.start_node` (the
+launcher the bench uses too); ``NodeProcess`` and ``start_node`` are re-exported
+here for older imports.
+
 Orthanc 1.10 binds to all interfaces and cannot be told otherwise, so it runs
 with its own config and storage folder, remote access off, and the tests only
 ever address 127.0.0.1.
@@ -8,10 +12,8 @@ ever address 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from service import bench_node
-from tests.conftest import free_port
+from service.testkit.launch import NodeProcess, start_node  # noqa: F401  (re-exported)
+from service.testkit.processes import free_port, stop_process
 
 ROUTE_LUA = """
 -- Forward mammograms (not the node's own results) to the mammoseg node.
@@ -56,11 +58,6 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20) -> int:  # type: ignore[type-arg]
-    """SIGTERM, then SIGKILL after ``timeout_s`` (the bench's helper); returns the exit code."""
-    return bench_node.stop_process(proc, timeout_s)
 
 
 @dataclass
@@ -156,84 +153,6 @@ def orthanc(
     finally:
         stop_process(proc)
         log.close()
-
-
-@dataclass
-class NodeProcess:
-    proc: subprocess.Popen  # type: ignore[type-arg]
-    http_port: int
-    dicom_port: int
-    aet: str
-    data_dir: Path
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
-            return json.loads(resp.read())
-
-    def get_status(self, path: str) -> tuple[int, Any]:
-        """(HTTP status, JSON body), also for error statuses."""
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_node(
-    tmp: Path,
-    *,
-    args: Sequence[str] = (),
-    env: dict[str, str] | None = None,
-    dicom_port: int | None = None,
-    http_port: int | None = None,
-    ready_timeout_s: float = 60,
-    wait_ready: bool = True,
-) -> NodeProcess:
-    """Start ``mammoseg serve`` as a process; wait until /readyz (or only /healthz) says yes."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    dicom_port = dicom_port or free_port()
-    http_port = http_port or free_port()
-    data_dir = tmp / "node-data"
-    log_path = tmp / f"node-{int(time.time() * 1000)}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--dicom-port",
-        str(dicom_port),
-        "--http-port",
-        str(http_port),
-        "--ae-title",
-        "MAMMOSEG",
-        *args,
-    ]
-    full_env = {**os.environ, "MAMMOSEG_MIN_FREE_MB": "0", **(env or {})}
-    log = log_path.open("wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    node = NodeProcess(proc, http_port, dicom_port, "MAMMOSEG", data_dir, log_path)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"node exited with {proc.returncode}: {node.log_text()[-3000:]}")
-        try:
-            status, body = node.get_status("/readyz" if wait_ready else "/healthz")
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return False
-        return status == 200
-
-    wait_until(ready, ready_timeout_s, "the node to be ready" if wait_ready else "HTTP")
-    return node
 
 
 def storescu(

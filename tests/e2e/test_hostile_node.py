@@ -25,10 +25,12 @@ from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentati
 
 from dicom_node.scp import TRANSFER_SYNTAXES
 from dicom_node.status import Status
-from tests.e2e.peers import NodeProcess, start_node, stop_process, wait_until
+from service.testkit.launch import NodeProcess, start_node
+from service.testkit.processes import stop_process
+from service.testkit.synthetic import synthetic_mammogram, write
+from tests.e2e.peers import wait_until
 from tests.e2e.reliability import all_jobs, rss_mb
 from tests.hostile import deflate_bomb, lying_jpeg2000, lying_jpeg_ls, rle_bomb
-from tests.synthetic import synthetic_mammogram, write
 from tests.tiny_model import write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -15,10 +15,12 @@ import pydicom
 import pytest
 
 from service.settings import DEFAULT_MODEL
+from service.testkit.launch import start_node
+from service.testkit.processes import stop_process
+from service.testkit.synthetic import Mass, full_size, write
 from tests.conftest import free_port
 from tests.dicom_validation import assert_valid_dicom
-from tests.e2e.peers import orthanc, start_node, stop_process, storescu, wait_until
-from tests.synthetic import Mass, full_size, write
+from tests.e2e.peers import orthanc, storescu, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -163,7 +165,7 @@ def test_real_cbis_ddsm_file_roundtrip(routed_node, tmp_path: Path) -> None:  # 
 
 
 def test_node_log_has_no_patient_data(routed_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tests.synthetic import synthetic_mammogram
+    from service.testkit.synthetic import synthetic_mammogram
 
     pacs, node = routed_node
     source = synthetic_mammogram(

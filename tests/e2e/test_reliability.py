@@ -24,11 +24,13 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
 
+from service.testkit.launch import start_node
+from service.testkit.processes import stop_process
+from service.testkit.synthetic import Mass, full_size, synthetic_mammogram, write
 from tests.conftest import free_port
-from tests.e2e.peers import start_node, stop_process, storescp, storescu, wait_until
+from tests.e2e.peers import storescp, storescu, wait_until
 from tests.e2e.reliability import all_jobs, received_by_source, rss_mb, send_raw, summary
 from tests.fuzz import fuzz_cases
-from tests.synthetic import Mass, full_size, synthetic_mammogram, write
 from tests.tiny_model import write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -13,10 +13,12 @@ import psycopg
 import pydicom
 import pytest
 
-from tests.e2e.peers import start_node, stop_process, storescp, storescu, wait_until
+from service.testkit.launch import start_node
+from service.testkit.processes import stop_process
+from service.testkit.synthetic import synthetic_mammogram, write
+from tests.e2e.peers import storescp, storescu, wait_until
 from tests.e2e.reliability import all_jobs, received_by_source
 from tests.pg import postgres
-from tests.synthetic import synthetic_mammogram, write
 from tests.tiny_model import write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -14,8 +14,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.store import JobState, JobStore, NewJob
+from service.testkit.synthetic import write
 from tests.http_node import ADMIN, VIEWER, Peer, app_state, mammogram, settings_for
-from tests.synthetic import write
 
 AS_VIEWER = {"Authorization": f"Bearer {VIEWER}"}
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}

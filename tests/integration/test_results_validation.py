@@ -46,15 +46,13 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicom_node.measurements import Lesion, measure_lesions
 from dicom_node.pixels import display_image
 from dicom_node.scu import Destination, send_files
 from dicom_node.spacing import pixel_spacing
+from service.imaging.lesions import Lesion, measure_lesions, minimum_area_px, threshold_mask
 from service.inference import Prediction, Segmenter, load_segmenter
-from service.pipeline import PipelineOptions, Results, minimum_area_px, process_instance
-from service.preprocess import threshold_mask
-from tests.dicom_validation import assert_consistent, assert_valid_dicom
-from tests.synthetic import (
+from service.pipeline import PipelineOptions, Results, process_instance
+from service.testkit.synthetic import (
     DCMTK_TRANSFER_SYNTAXES,
     EXAMPLE_UID_ROOT,
     Mass,
@@ -66,6 +64,7 @@ from tests.synthetic import (
     synthetic_secondary_capture,
     write,
 )
+from tests.dicom_validation import assert_consistent, assert_valid_dicom
 from tests.tiny_model import write_tiny_model
 
 SIZE = {"rows": 256, "columns": 208}
@@ -239,14 +238,12 @@ def expected(outcome: Outcome, segmenter: Segmenter) -> tuple[np.ndarray, tuple[
     if display.padding is not None:
         probability = np.where(display.padding, np.float32(0.0), probability)
     spacing = pixel_spacing(outcome.source)
-    min_pixels = minimum_area_px(spacing, outcome.options)
-    mask = threshold_mask(probability, outcome.options.threshold, min_area_px=min_pixels)
-    lesions = measure_lesions(
-        mask,
-        probability,
-        spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
-        min_pixels=min_pixels,
+    spacing_mm = (spacing.row_mm, spacing.column_mm) if spacing else None
+    min_pixels = minimum_area_px(
+        outcome.options.min_lesion_area_mm2, spacing_mm, display.pixels.shape
     )
+    mask = threshold_mask(probability, outcome.options.threshold, min_area_px=min_pixels)
+    lesions = measure_lesions(mask, probability, spacing_mm=spacing_mm, min_pixels=min_pixels)
     return mask, lesions
 
 

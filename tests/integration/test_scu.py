@@ -13,8 +13,8 @@ from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentati
 
 from dicom_node.scu import Destination, SendError, echo, send_files
 from dicom_node.status import Status
+from service.testkit.synthetic import synthetic_mammogram, write
 from tests.conftest import free_port
-from tests.synthetic import synthetic_mammogram, write
 
 MG = DigitalMammographyXRayImageStorageForPresentation
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from tests.synthetic import Mass, synthetic_mammogram, write
+from service.testkit.synthetic import Mass, synthetic_mammogram, write
 from tests.tiny_model import write_tiny_model
 
 

@@ -10,8 +10,8 @@ import pydicom
 from PIL import Image
 
 from service.cli import main
+from service.testkit.synthetic import Mass, synthetic_mammogram, write
 from tests.dicom_validation import assert_valid_dicom
-from tests.synthetic import Mass, synthetic_mammogram, write
 from tests.tiny_model import write_tiny_model
 
 

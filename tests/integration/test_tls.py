@@ -150,7 +150,7 @@ def test_plain_tcp_to_a_tls_port_gets_nothing(tmp_path: Path, pki: Path) -> None
 def test_dcmtk_storescu_over_tls(tmp_path: Path, pki: Path) -> None:
     if shutil.which("storescu") is None:
         pytest.skip("storescu is not installed (Debian package dcmtk)")
-    from tests.synthetic import synthetic_file
+    from service.testkit.synthetic import synthetic_file
 
     scp = start_scp(tmp_path, pki, require_client_cert=True)
     try:

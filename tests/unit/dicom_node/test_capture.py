@@ -21,8 +21,7 @@ from pydicom.uid import (
 from dicom_node.capture import WARNING_TEXT, CaptureCompression, build_overlay_capture
 from dicom_node.pixels import display_image
 from dicom_node.provenance import PATIENT_STUDY_KEYWORDS, DerivedObjectError
-from tests.dicom_validation import assert_valid_dicom
-from tests.synthetic import (
+from service.testkit.synthetic import (
     EXAMPLE_UID_ROOT,
     Mass,
     example_provenance,
@@ -31,6 +30,7 @@ from tests.synthetic import (
     synthetic_mammogram,
     write,
 )
+from tests.dicom_validation import assert_valid_dicom
 
 SMALL = {"rows": 256, "columns": 208}
 MASS = Mass(row=150, col=90, radius=30)

@@ -21,6 +21,7 @@ from dicom_node.limits import (
     read_dataset,
 )
 from dicom_node.pixels import PixelDataError, display_image
+from service.testkit.synthetic import synthetic_mammogram
 from tests.hostile import (
     deflate_bomb,
     lying_jpeg2000,
@@ -29,7 +30,6 @@ from tests.hostile import (
     rss_peak_mb,
     tiled_jpeg2000,
 )
-from tests.synthetic import synthetic_mammogram
 
 BOMB_BYTES = 600 << 20  # as measured in the issue: 306 KB inflating to 635 MB
 

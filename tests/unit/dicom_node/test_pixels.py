@@ -21,7 +21,7 @@ from pydicom.uid import (
 )
 
 from dicom_node.pixels import DisplayImage, PixelDataError, display_image
-from tests.synthetic import (
+from service.testkit.synthetic import (
     DCMTK_TRANSFER_SYNTAXES,
     JPEG_LS_NEAR_LOSSLESS_ERROR,
     PYDICOM_TRANSFER_SYNTAXES,

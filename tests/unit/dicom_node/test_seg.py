@@ -15,8 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.provenance import PATIENT_STUDY_KEYWORDS, Provenance
 from dicom_node.seg import SegmentationError, build_segmentation
-from tests.dicom_validation import assert_valid_dicom
-from tests.synthetic import (
+from service.testkit.synthetic import (
     EXAMPLE_UID_ROOT,
     Mass,
     example_provenance,
@@ -25,6 +24,7 @@ from tests.synthetic import (
     synthetic_mammogram,
     write,
 )
+from tests.dicom_validation import assert_valid_dicom
 
 SMALL = {"rows": 128, "columns": 104}
 MASSES = (Mass(row=40, col=40, radius=10), Mass(row=90, col=60, radius=6))

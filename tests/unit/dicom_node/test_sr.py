@@ -13,7 +13,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.measurements import Lesion, measure_lesions
 from dicom_node.provenance import PATIENT_STUDY_KEYWORDS
 from dicom_node.seg import build_segmentation
 from dicom_node.spacing import PixelSpacing, pixel_spacing
@@ -23,8 +22,8 @@ from dicom_node.sr import (
     ReportError,
     build_measurement_report,
 )
-from tests.dicom_validation import assert_consistent, assert_valid_dicom
-from tests.synthetic import (
+from service.imaging.lesions import Lesion, measure_lesions
+from service.testkit.synthetic import (
     EXAMPLE_UID_ROOT,
     Mass,
     example_provenance,
@@ -33,6 +32,7 @@ from tests.synthetic import (
     synthetic_secondary_capture,
     write,
 )
+from tests.dicom_validation import assert_consistent, assert_valid_dicom
 
 SMALL = {"rows": 160, "columns": 128}
 MASSES = (Mass(row=50, col=50, radius=14), Mass(row=110, col=70, radius=8))

@@ -17,27 +17,31 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 
-from tests.dicom_validation import assert_valid_dicom, run_dciodvfy
-from tests.synthetic import (
+from service.testkit.synthetic import (
     DCMTK_TRANSFER_SYNTAXES,
     FULL_SIZE_BITS_STORED,
     FULL_SIZE_COLUMNS,
     FULL_SIZE_ROWS,
     JPEG_LS_NEAR_LOSSLESS_ERROR,
     PYDICOM_TRANSFER_SYNTAXES,
+    ImageSpec,
     Mass,
     breast_region,
     dcmtk_available,
     default_mass,
+    density_map,
     encode_with_dcmtk,
     full_size,
     mass_mask,
+    random_masses,
     synthetic_file,
     synthetic_mammogram,
     synthetic_secondary_capture,
     synthetic_tomosynthesis,
     write,
+    write_mammograms,
 )
+from tests.dicom_validation import assert_valid_dicom, run_dciodvfy
 
 SMALL = {"rows": 96, "columns": 80}
 REAL_CASES = sorted(
@@ -177,6 +181,38 @@ def test_secondary_captures_pass_dciodvfy_and_display_alike(
     assert assert_valid_dicom(path) == []
     mg = synthetic_mammogram(seed=4, **SMALL, **{k: v for k, v in kw.items() if k != "signed"})  # type: ignore[arg-type]
     np.testing.assert_allclose(display_image(sc).pixels, display_image(mg).pixels, atol=1e-6)
+
+
+def test_density_map_is_the_image_before_scaling() -> None:
+    masses = (Mass(row=40, col=30, radius=6),)
+    ds = synthetic_mammogram(seed=7, masses=masses, laterality="R", **SMALL)
+    density = density_map(96, 80, laterality="R", masses=masses, seed=7)
+    np.testing.assert_array_equal(stored(ds), np.rint(density * 4095).astype(np.uint16))
+
+
+def test_bench_files_are_synthetic_mammograms_with_new_uids(tmp_path: Path) -> None:
+    paths = write_mammograms(tmp_path, 5, ImageSpec(rows=96, columns=80), seed=2)
+    files = [pydicom.dcmread(p) for p in paths]
+    assert [p.name for p in paths] == [f"mg{i:04d}.dcm" for i in range(5)]
+    assert (
+        len({ds.SOPInstanceUID for ds in files}) == len({ds.StudyInstanceUID for ds in files}) == 5
+    )
+    assert [(ds.ImageLaterality, ds.ViewCodeSequence[0].CodeMeaning) for ds in files[:4]] == [
+        ("L", "cranio-caudal"),
+        ("R", "cranio-caudal"),
+        ("L", "medio-lateral oblique"),
+        ("R", "medio-lateral oblique"),
+    ]
+    same = synthetic_mammogram(
+        seed=2001,
+        laterality="R",
+        masses=random_masses(96, 80, "R", seed=2001),
+        bits_stored=14,
+        **SMALL,
+    )
+    np.testing.assert_array_equal(stored(files[1]), stored(same))
+    np.testing.assert_array_equal(stored(files[4]), stored(files[0]))  # variants cycle
+    assert str(files[0].PatientName) == "Bench^Synthetic"
 
 
 def test_tomosynthesis_is_multi_frame_mg() -> None:

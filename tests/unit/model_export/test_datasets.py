@@ -89,7 +89,7 @@ def test_mask_is_binarised_at_127(tmp_path: Path) -> None:
 
 
 def test_prepare_pair_uses_the_serving_preprocessing(pair_tree: Path) -> None:
-    from service.preprocess import to_model_input
+    from service.imaging.preprocess import to_model_input
 
     pair = ds.find_pairs(pair_tree)[0]
     image, mask = ds.read_image(pair.image), ds.read_mask(pair.mask)

@@ -12,9 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service import bench, bench_model, bench_node
-from service.bench_images import ImageSpec, density_map, write_mammograms
+from service.bench import model as bench_model
+from service.bench import node as bench_node
+from service.bench import options as bench_options
+from service.bench import report as bench_report
+from service.bench import run as bench_run
 from service.cli import main as cli_main
+from service.testkit.synthetic import ImageSpec, density_map, random_masses, write_mammograms
 from tests.tiny_model import write_tiny_model
 
 # --------------------------------------------------------------------------- FLOPs
@@ -115,17 +119,17 @@ def test_mask_dice() -> None:
 
 
 def test_percentile_interpolates_like_numpy() -> None:
-    assert bench.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
-    assert bench.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
-    assert bench.percentile([7.0], 95) == 7.0
+    assert bench_report.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert bench_report.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert bench_report.percentile([7.0], 95) == 7.0
     with pytest.raises(ValueError, match="no values"):
-        bench.percentile([], 50)
+        bench_report.percentile([], 50)
     with pytest.raises(ValueError, match="q must be"):
-        bench.percentile([1.0], 101)
+        bench_report.percentile([1.0], 101)
 
 
 def test_markdown_table_aligns_numbers_and_escapes_pipes() -> None:
-    text = bench.markdown_table(("stage", "p50"), [("decode", "0.081"), ("a|b", "12.5")])
+    text = bench_report.markdown_table(("stage", "p50"), [("decode", "0.081"), ("a|b", "12.5")])
     assert text.splitlines() == [
         "| stage  | p50   |",
         "|--------|------:|",
@@ -133,17 +137,17 @@ def test_markdown_table_aligns_numbers_and_escapes_pipes() -> None:
         "| a\\|b   |  12.5 |",
     ]
     with pytest.raises(ValueError, match="cells"):
-        bench.markdown_table(("a", "b"), [("only one",)])
+        bench_report.markdown_table(("a", "b"), [("only one",)])
 
 
 def test_render_says_which_targets_are_missed() -> None:
-    report = bench.Report(started="2026-01-01 00:00 UTC", machine={"CPU": "X"}, command="c")
+    report = bench_report.Report(started="2026-01-01 00:00 UTC", machine={"CPU": "X"}, command="c")
     report.rows += [
-        bench.Row("p50", "0.80", "<= 1.0", True),
-        bench.Row("throughput", "60.0 /min", ">= 90 /min", False),
+        bench_report.Row("p50", "0.80", "<= 1.0", True),
+        bench_report.Row("throughput", "60.0 /min", ">= 90 /min", False),
     ]
     report.skip("INT8 / fp32", "skipped: no INT8 model")
-    text = bench.render(report)
+    text = bench_report.render(report)
     assert "| p50 " in text and "| met" in text
     assert "| throughput" in text and "MISSED" in text
     assert "skipped: no INT8 model" in text
@@ -212,26 +216,26 @@ def test_frame_names_drop_lines_and_install_prefixes() -> None:
 
 
 def test_defaults_are_the_issue_sizes() -> None:
-    options = bench.parse_args([])
-    assert options.sections == bench.SECTIONS
+    options = bench_options.parse_args([])
+    assert options.sections == bench_options.SECTIONS
     assert (options.rows, options.columns, options.bits_stored) == (4096, 3328, 14)
     assert options.throughput_images == 100 and options.associations == 2
     assert options.thread_count >= 1
 
 
 def test_flags_are_parsed_and_checked() -> None:
-    options = bench.parse_args(
+    options = bench_options.parse_args(
         ["--sections", "receive,model", "--node-env", "MAMMOSEG_WORKERS=2", "--threads", "1"]
     )
     assert options.sections == ("model", "receive")  # always in pipeline order
     assert options.node_env == (("MAMMOSEG_WORKERS", "2"),)
     assert options.thread_count == 1
-    with pytest.raises(bench.BenchUsageError, match="--sections"):
-        bench.parse_args(["--sections", "model,gpu"])
-    with pytest.raises(bench.BenchUsageError, match="--node-env"):
-        bench.parse_args(["--node-env", "2WORKERS"])
-    with pytest.raises(bench.BenchUsageError, match="--latency-images"):
-        bench.parse_args(["--latency-images", "0"])
+    with pytest.raises(bench_options.BenchUsageError, match="--sections"):
+        bench_options.parse_args(["--sections", "model,gpu"])
+    with pytest.raises(bench_options.BenchUsageError, match="--node-env"):
+        bench_options.parse_args(["--node-env", "2WORKERS"])
+    with pytest.raises(bench_options.BenchUsageError, match="--latency-images"):
+        bench_options.parse_args(["--latency-images", "0"])
 
 
 def test_cli_refuses_bad_bench_flags_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,11 +243,20 @@ def test_cli_refuses_bad_bench_flags_with_status_2(capsys: pytest.CaptureFixture
     assert "unknown ['nothing']" in capsys.readouterr().err
 
 
+def test_cli_hands_bench_help_to_the_bench_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(["bench", "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mammoseg bench [-h] [--sections SECTIONS]")
+    assert bench_options.DESCRIPTION in out and "--throughput-images" in out
+
+
 def test_bench_flags_reach_the_cli() -> None:
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_options.add_arguments(parser)
     args = parser.parse_args(["--rows", "256", "--columns", "208"])
-    assert bench.options_from_args(args).rows == 256
+    assert bench_options.options_from_args(args).rows == 256
 
 
 # --------------------------------------------------------------------------- images
@@ -268,10 +281,11 @@ def test_synthetic_mammograms_go_through_the_display_pipeline(tmp_path: Path) ->
 
 
 def test_density_map_is_seeded_and_in_range() -> None:
-    spec = ImageSpec(rows=96, columns=80)
-    a = density_map(spec, laterality="R", seed=3)
+    masses = random_masses(96, 80, "R", seed=3)
+    assert 1 <= len(masses) <= 2 and masses == random_masses(96, 80, "R", seed=3)
+    a = density_map(96, 80, laterality="R", masses=masses, seed=3)
     assert a.dtype == np.float32 and 0.0 <= a.min() and a.max() <= 1.0
-    np.testing.assert_array_equal(a, density_map(spec, laterality="R", seed=3))
+    np.testing.assert_array_equal(a, density_map(96, 80, laterality="R", masses=masses, seed=3))
     with pytest.raises(ValueError, match="at least 64x64"):
         ImageSpec(rows=32, columns=80)
 
@@ -285,7 +299,7 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         pytest.skip("DCMTK is not installed (Debian package dcmtk; scripts/test installs it)")
     model = write_tiny_model(tmp_path / "model" / "tiny.onnx")
-    options = bench.parse_args(
+    options = bench_options.parse_args(
         [
             "--model", str(model),
             "--keras-weights", str(tmp_path / "no-weights"),
@@ -300,7 +314,7 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
             "--work-dir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
-    report = bench.run(options, log=lambda _: None)
+    report = bench_run.run(options, log=lambda _: None)
     figures = report.figures
     assert figures["model"]["gflops"] == pytest.approx(2 * 64 * 64 * 81 / 1e9)
     assert figures["model"]["ort_vs_bound_b1"] > 0
@@ -309,7 +323,7 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert figures["receive"]["ratio"] > 0
     assert figures["memory"]["peak_rss_mb"] >= figures["memory"]["idle_rss_mb"] > 0
     assert figures["memory"]["tensorflow_mapped"] == []
-    text = bench.render(report)
+    text = bench_report.render(report)
     assert "skipped: no Keras weights" in text
     assert "skipped: no INT8 model" in text
     assert "not run" not in text

@@ -14,7 +14,6 @@ from service.upload import (
     UploadError,
     check_format,
     decode,
-    measure,
     sniff,
 )
 
@@ -70,18 +69,3 @@ def test_limits_and_broken_files() -> None:
     frames[0].save(pages, format="TIFF", save_all=True, append_images=frames[1:])
     with pytest.raises(UploadError, match="2 pages"):
         decode(pages.getvalue(), "image/tiff")
-
-
-def test_measure_numbers_regions_by_size() -> None:
-    mask = np.zeros((20, 30), bool)
-    mask[2:4, 2:4] = True  # 4 px
-    mask[10:15, 10:20] = True  # 50 px
-    prob = np.where(mask, np.float32(0.8), np.float32(0.1))
-    lesions = measure(mask, prob, (0.5, 0.25))
-    assert [x.area_px for x in lesions] == [50, 4]
-    first = lesions[0]
-    assert (first.top, first.left, first.bottom, first.right) == (10, 10, 15, 20)
-    assert first.area_mm2 == pytest.approx(50 * 0.125)
-    assert first.width_mm == pytest.approx(2.5) and first.height_mm == pytest.approx(2.5)
-    assert first.mean_probability == pytest.approx(0.8)
-    assert measure(np.zeros((4, 4), bool), np.zeros((4, 4), np.float32), None) == []

@@ -269,17 +269,20 @@ def read_contract_of(session: ort.InferenceSession) -> ModelContract:
 def model_inputs(contract: ModelContract, count: int, *, seed: int = 0) -> np.ndarray:
     """``count`` model inputs made like the node makes them, from synthetic mammograms.
 
-    Synthetic images at a quarter of the full matrix go through the same
-    resize as in the node (service.preprocess.to_model_input).
+    Synthetic images (:mod:`service.testkit.synthetic`, one or two masses each)
+    at a quarter of the full matrix go through the same resize as in the node
+    (service.imaging.preprocess.to_model_input).
     """
-    from service.bench_images import ImageSpec, density_map
-    from service.preprocess import to_model_input
+    from service.imaging.preprocess import to_model_input
+    from service.testkit.synthetic import density_map, random_masses
 
-    spec = ImageSpec(rows=1024, columns=832)
-    tensors = [
-        to_model_input(density_map(spec, laterality="LR"[i % 2], seed=seed + i), contract)[0]
-        for i in range(count)
-    ]
+    rows, columns = 1024, 832
+    tensors = []
+    for i in range(count):
+        side, image_seed = "LR"[i % 2], seed + i
+        masses = random_masses(rows, columns, side, seed=image_seed)
+        density = density_map(rows, columns, laterality=side, masses=masses, seed=image_seed)
+        tensors.append(to_model_input(density, contract)[0])
     return np.concatenate(tensors).astype(np.float32)
 
 

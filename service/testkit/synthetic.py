@@ -1,4 +1,4 @@
-"""Synthetic digital mammograms for tests.
+"""Synthetic digital mammograms: the one generator of the tests and ``mammoseg bench``.
 
 The images imitate a Digital Mammography X-Ray Image (PS3.3 A.26/A.27) closely
 enough that ``dciodvfy`` accepts them: a half-elliptic breast against the chest
@@ -17,7 +17,13 @@ Pixel content is seeded by ``seed``.  UIDs are derived from the seed, the
 parameters and a per-process call counter: two calls never share a UID, and a
 test session run twice in the same order makes the same UIDs.
 
-Not a test module: import it as ``from tests.synthetic import ...``.
+For the bench, :func:`write_mammograms` writes many files of one
+:class:`ImageSpec` (full-size, 14 bits stored by default) with one or two
+seeded masses each: a few pixel contents are cycled and only the UIDs change,
+so writing 100 full-size files costs seconds, not minutes.
+
+No patient data.  Part of :mod:`service.testkit`: the tests and the bench import
+it, production code never does.
 """
 
 from __future__ import annotations
@@ -317,7 +323,7 @@ def synthetic_mammogram(
     ds.PositionReferenceIndicator = ""
     # General Equipment (C.7.5.1)
     ds.Manufacturer = "Synthetic Mammography"
-    ds.ManufacturerModelName = "tests.synthetic"
+    ds.ManufacturerModelName = "mammoseg testkit"
     ds.SoftwareVersions = "1"
     ds.DeviceSerialNumber = "SYN-1"
     if pixel_padding_value is not None:
@@ -548,7 +554,7 @@ def synthetic_tomosynthesis(*, rows: int = 64, columns: int = 48, frames: int = 
 def with_sop_class(ds: Dataset, sop_class: str, modality: str) -> Dataset:
     """``ds`` relabelled as another SOP class and modality (e.g. a CT reaching the node)."""
     ds.SOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.Modality = modality
     return ds
 
@@ -610,6 +616,112 @@ def synthetic_file(directory: Path | str, *, name: str = "mg.dcm", **kw: object)
     return encode_with_dcmtk(plain, directory / name, transfer_syntax)
 
 
+def density_map(
+    rows: int,
+    columns: int,
+    *,
+    laterality: str = "L",
+    masses: Sequence[Mass] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """The [0, 1] float32 density :func:`synthetic_mammogram` makes stored values of.
+
+    Same seed, size, side and masses: the same map as the image's (before it is
+    scaled to Bits Stored).  ``masses=None`` places :func:`default_mass`.
+    """
+    if laterality not in ("L", "R"):
+        raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
+    if masses is None:
+        masses = (default_mass(rows, columns, laterality),)
+    density, _ = _density(rows, columns, laterality, masses, np.random.default_rng(seed))
+    return density
+
+
+def random_masses(rows: int, columns: int, laterality: str, *, seed: int) -> tuple[Mass, ...]:
+    """One or two seeded masses inside the breast (radius 3-6 % of the shorter side)."""
+    rng = np.random.default_rng(seed)
+    masses = []
+    for _ in range(int(rng.integers(1, 3))):
+        radius = max(1, round(rng.uniform(0.03, 0.06) * min(rows, columns)))
+        row = round(rng.uniform(0.3, 0.7) * rows)
+        col = round(rng.uniform(0.15, 0.45) * columns)
+        if laterality == "R":
+            col = columns - 1 - col
+        masses.append(Mass(row=row, col=col, radius=radius))
+    return tuple(masses)
+
+
+#: Distinct pixel contents :func:`write_mammograms` cycles over the files of one call.
+VARIANTS = 4
+#: Detector pixel spacing of the bench's images.
+BENCH_PIXEL_SPACING_MM = 0.07
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec:
+    """Matrix and depth of the images :func:`write_mammograms` writes."""
+
+    rows: int = FULL_SIZE_ROWS
+    columns: int = FULL_SIZE_COLUMNS
+    bits_stored: int = FULL_SIZE_BITS_STORED
+
+    def __post_init__(self) -> None:
+        if self.rows < 64 or self.columns < 64:
+            raise ValueError(f"images must be at least 64x64, got {self.rows}x{self.columns}")
+        if not 9 <= self.bits_stored <= 16:
+            raise ValueError(f"bits_stored must be in 9..16, got {self.bits_stored}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.columns * 2
+
+
+def renew_uids(ds: Dataset) -> None:
+    """New random study, series, instance and frame of reference: a new image."""
+    ds.StudyInstanceUID = generate_uid(prefix=PYDICOM_ROOT_UID)
+    ds.SeriesInstanceUID = generate_uid(prefix=PYDICOM_ROOT_UID)
+    ds.FrameOfReferenceUID = generate_uid(prefix=PYDICOM_ROOT_UID)
+    ds.SOPInstanceUID = generate_uid(prefix=PYDICOM_ROOT_UID)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def write_mammograms(folder: Path, count: int, spec: ImageSpec, *, seed: int = 0) -> list[Path]:
+    """``count`` For Presentation files ``mg0000.dcm``... in ``folder`` (Explicit VR LE).
+
+    :data:`VARIANTS` pixel contents (left/right, CC/MLO, :func:`random_masses`)
+    are cycled; every file gets new random UIDs (:func:`renew_uids`), so each is
+    a new image to the node.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    folder.mkdir(parents=True, exist_ok=True)
+    variants = []
+    for i in range(min(count, VARIANTS)):
+        laterality = "LR"[i % 2]
+        variant_seed = seed * 1000 + i
+        variants.append(
+            synthetic_mammogram(
+                rows=spec.rows,
+                columns=spec.columns,
+                bits_stored=spec.bits_stored,
+                laterality=laterality,
+                view=("CC", "MLO")[(i // 2) % 2],
+                masses=random_masses(spec.rows, spec.columns, laterality, seed=variant_seed),
+                seed=variant_seed,
+                pixel_spacing_mm=BENCH_PIXEL_SPACING_MM,
+                patient_name="Bench^Synthetic",
+                patient_id="BENCH0001",
+                birth_date="",
+            )
+        )
+    paths = []
+    for index in range(count):
+        ds = variants[index % len(variants)]
+        renew_uids(ds)
+        paths.append(write(ds, folder / f"mg{index:04d}.dcm"))
+    return paths
+
+
 #: UID root of the objects the tests derive (the "pydicom" root would also do).
 EXAMPLE_UID_ROOT = "1.2.826.0.1.3680043.10.1234."
 
@@ -632,6 +744,7 @@ def read(path: Path | str) -> Dataset:
 
 
 __all__ = [
+    "BENCH_PIXEL_SPACING_MM",
     "DCMTK_TRANSFER_SYNTAXES",
     "FULL_SIZE_BITS_STORED",
     "FULL_SIZE_COLUMNS",
@@ -642,18 +755,26 @@ __all__ = [
     "Mass",
     "NATIVE_TRANSFER_SYNTAXES",
     "PYDICOM_TRANSFER_SYNTAXES",
+    "VARIANTS",
+    "VOI_LUT_BITS",
+    "VOI_LUT_GAMMA",
+    "ImageSpec",
     "breast_region",
     "dcmtk_available",
     "default_mass",
+    "density_map",
     "encode_with_dcmtk",
     "example_provenance",
     "full_size",
     "mass_mask",
+    "random_masses",
     "read",
+    "renew_uids",
     "synthetic_file",
     "synthetic_mammogram",
     "synthetic_secondary_capture",
     "synthetic_tomosynthesis",
     "with_sop_class",
     "write",
+    "write_mammograms",
 ]

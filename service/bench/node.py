@@ -12,29 +12,28 @@
   poll interval, so it only receives) and by ``storescp --fork``.
 - **profile**: py-spy samples the node while it works through images.
 
-Everything binds 127.0.0.1 on free ports and is stopped with SIGTERM.
+Everything binds 127.0.0.1 on free ports and is stopped with SIGTERM. The node
+is started by :mod:`service.testkit.launch`, the launcher the tests use too.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from service.testkit.launch import NodeProcess, running_node
+from service.testkit.processes import ProcessError, free_port, stop_process, wait_for_port
 
 NODE_AET = "MAMMOSEG"
 DEST_AET = "BENCHDEST"
@@ -67,37 +66,6 @@ def find_dcmtk() -> Dcmtk:
     return Dcmtk(storescu=storescu, storescp=storescp)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with status {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{what} did not listen on port {port} within {timeout_s:.0f} s")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM, then SIGKILL if it has not stopped within ``timeout_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return int(proc.returncode)
-
-
 @contextmanager
 def storescp(tools: Dcmtk, folder: Path, *, aet: str = DEST_AET) -> Iterator[int]:
     """DCMTK storescp (one child per association, every transfer syntax); yields its port."""
@@ -113,7 +81,7 @@ def storescp(tools: Dcmtk, folder: Path, *, aet: str = DEST_AET) -> Iterator[int
             wait_for_port(port, proc, 20, "storescp")
             yield port
         finally:
-            stop_process(proc)
+            stop_process(proc, timeout_s=30)
 
 
 def send(tools: Dcmtk, port: int, files: Sequence[Path], *, called: str) -> subprocess.Popen[bytes]:
@@ -153,52 +121,8 @@ def send_all(
 # --------------------------------------------------------------------------- the node
 
 
-@dataclass
-class NodeHandle:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    dicom_port: int
-    data_dir: Path
-    log_path: Path
-    token: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return int(self.proc.pid)
-
-    def get(self, path: str) -> Any:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")  # noqa: S310
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
-            return json.loads(resp.read())
-
-    def jobs(self, *, newest: int | None = None) -> list[dict[str, Any]]:
-        """Every job (or the ``newest`` few) as the REST API lists them."""
-        items: list[dict[str, Any]] = []
-        limit = min(500, newest) if newest else 500
-        while True:
-            page = self.get(f"/api/v1/jobs?limit={limit}&offset={len(items)}")["items"]
-            items.extend(page)
-            if len(page) < limit or (newest and len(items) >= newest):
-                return items
-
-    def status_kb(self, field_name: str) -> int:
-        """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-        if match is None:
-            raise BenchError(f"/proc/{self.pid}/status has no {field_name}")
-        return int(match.group(1))
-
-    def tensorflow_mapped(self) -> list[str]:
-        """Shared objects of TensorFlow in the node's memory map (empty: never loaded)."""
-        maps = Path(f"/proc/{self.pid}/maps").read_text()
-        return sorted({line.split()[-1] for line in maps.splitlines() if "tensorflow" in line})
-
-
 @contextmanager
-def running_node(
+def node_under_test(
     work: Path,
     *,
     destination: str | None,
@@ -207,73 +131,28 @@ def running_node(
     token: str | None,
     ready_timeout_s: float = 180,
     stop_timeout_s: float = 60,
-) -> Iterator[NodeHandle]:
-    """``python -m service serve`` on free loopback ports, ready (``/readyz``) when yielded."""
-    work.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
-    data_dir = work / "node-data"
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--dicom-host",
-        "127.0.0.1",
-        "--dicom-port",
-        str(dicom_port),
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--ae-title",
-        NODE_AET,
-    ]
+) -> Iterator[NodeProcess]:
+    """``mammoseg serve`` bound to 127.0.0.1 on free ports (the testkit's launcher), ready
+    (``/readyz``) when yielded, stopped after the block."""
+    args = ["--dicom-host", "127.0.0.1", "--http-host", "127.0.0.1"]
     if destination:
-        command += ["--destination", destination]
+        args += ["--destination", destination]
     if model_path is not None:
-        command += ["--model-path", str(model_path)]
-    log_path = work / "node.log"
-    package_root = Path(__file__).resolve().parents[1]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            cwd=package_root,
-        )
-        node = NodeHandle(proc, http_port, dicom_port, data_dir, log_path, token)
-        try:
-            _wait_ready(node, ready_timeout_s)
-            yield node
-        finally:
-            stop_process(proc, timeout_s=stop_timeout_s)
-
-
-def _wait_ready(node: NodeHandle, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if node.proc.poll() is not None:
-            tail = node.log_path.read_text(errors="replace")[-1500:]
-            raise BenchError(f"the node exited with status {node.proc.returncode}:\n{tail}")
-        try:
-            if node.get("/readyz").get("ready"):
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise BenchError(
-                    "the node's read API wants a token: pass --token (a viewer token)"
-                ) from exc
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise BenchError(f"the node was not ready within {timeout_s:.0f} s (log: {node.log_path})")
+        args += ["--model-path", str(model_path)]
+    with running_node(
+        work,
+        args=args,
+        env=env,
+        aet=NODE_AET,
+        token=token,
+        ready_timeout_s=ready_timeout_s,
+        stop_timeout_s=stop_timeout_s,
+    ) as node:
+        yield node
 
 
 def wait_for_jobs(
-    node: NodeHandle, uids: Sequence[str], *, timeout_s: float, interval_s: float = 0.25
+    node: NodeProcess, uids: Sequence[str], *, timeout_s: float, interval_s: float = 0.25
 ) -> dict[str, dict[str, Any]]:
     """Poll the REST API until every instance's job is DONE; raise on FAILED or SKIPPED."""
     wanted = set(uids)
@@ -327,7 +206,7 @@ def stage_times(timings: dict[str, float], submitted_at: float) -> dict[str, flo
 class RssSampler:
     """Samples a node's VmRSS in a thread until stopped; keeps the largest value (kB)."""
 
-    node: NodeHandle
+    node: NodeProcess
     interval_s: float = 0.1
     peak_kb: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -347,7 +226,7 @@ class RssSampler:
         while not self._stop.is_set():
             try:
                 self.peak_kb = max(self.peak_kb, self.node.status_kb("VmRSS"))
-            except (OSError, BenchError):
+            except (OSError, ProcessError):
                 return
             self._stop.wait(self.interval_s)
 

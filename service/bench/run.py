@@ -1,21 +1,4 @@
-"""``mammoseg bench``: one command, one table, every figure a ratio taken in one run.
-
-Sections (``--sections``, all by default):
-
-- ``model``: ONNX Runtime fp32 per 256x256 image (batch 1 and 4) against the
-  FLOP bound; Keras ``tf.function`` on the same weights; INT8 against fp32
-  (latency and mask Dice). See :mod:`service.bench_model`.
-- ``latency``: full-size 16-bit MG images, one at a time, DCMTK storescu ->
-  node -> DCMTK storescp; p50/p95 per stage. Also the node's idle RSS.
-- ``throughput``: many images over concurrent associations, images per
-  minute; the node's peak RSS; TensorFlow never in its memory map.
-- ``receive``: the node's SCP (store only) against DCMTK storescp.
-- ``profile``: py-spy samples of the node at work (skipped without py-spy).
-
-The machine these run on is usually shared, so nothing here is a timed
-assertion: each target is reported as met or missed with the measured figure,
-and the date, machine and load average are printed with the table.
-"""
+"""``mammoseg bench`` itself: run the chosen sections, print the report (see the package doc)."""
 
 from __future__ import annotations
 
@@ -23,20 +6,27 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SECTIONS = ("model", "latency", "throughput", "receive", "profile")
+from service.bench.options import BenchOptions, BenchUsageError, build_parser, options_from_args
+from service.bench.report import (
+    Report,
+    Row,
+    Table,
+    load_average,
+    machine_description,
+    percentile,
+    render,
+)
 
 # Targets of the performance issue (docs/performance.md).
 TARGET_ORT_VS_BOUND = 1.15  # ONNX Runtime fp32 latency / FLOP bound, at most
@@ -47,288 +37,6 @@ TARGET_P50_S = 1.0  # end-to-end seconds per image, p50, at most
 TARGET_PER_MINUTE = 90.0  # images per minute, at least
 TARGET_RECEIVE_RATIO = 0.7  # node receive rate / storescp receive rate, at least
 TARGET_RSS_MB = 400.0  # node RSS, at most
-
-
-class BenchUsageError(ValueError):
-    """A bad command-line value (the message names it)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchOptions:
-    sections: tuple[str, ...] = SECTIONS
-    model: Path | None = None
-    int8: Path | None = None
-    keras_weights: Path | None = None
-    threads: int = 0
-    repeats: int = 20
-    latency_images: int = 20
-    throughput_images: int = 100
-    associations: int = 2
-    receive_rounds: int = 2
-    profile_images: int = 20
-    rows: int = 4096
-    columns: int = 3328
-    bits_stored: int = 14
-    node_env: tuple[tuple[str, str], ...] = ()
-    token: str | None = None
-    work_dir: Path | None = None
-    json_path: Path | None = None
-    markdown_path: Path | None = None
-
-    @property
-    def thread_count(self) -> int:
-        return self.threads or os.cpu_count() or 1
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``mammoseg bench`` flags (service.cli adds them to its subcommand)."""
-    p.add_argument(
-        "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated parts to run (default all: {','.join(SECTIONS)})",
-    )
-    p.add_argument("--model", type=Path, help="fp32 ONNX model (default: the shipped model)")
-    p.add_argument(
-        "--int8", type=Path, help="INT8 ONNX model (default: <model>-int8.onnx if it exists)"
-    )
-    p.add_argument(
-        "--keras-weights",
-        type=Path,
-        help="training run folder or .keras file for the Keras comparison "
-        "(default: runs/ship in a source checkout, if present)",
-    )
-    p.add_argument("--threads", type=int, default=0, help="threads for the model part (0: cores)")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per model figure")
-    p.add_argument("--latency-images", type=int, default=20, help="images sent one at a time")
-    p.add_argument("--throughput-images", type=int, default=100, help="images for throughput")
-    p.add_argument("--associations", type=int, default=2, help="concurrent storescu senders")
-    p.add_argument("--receive-rounds", type=int, default=2, help="alternating receive runs")
-    p.add_argument("--profile-images", type=int, default=20, help="images sampled by py-spy")
-    p.add_argument("--rows", type=int, default=4096, help="image rows (default 4096)")
-    p.add_argument("--columns", type=int, default=3328, help="image columns (default 3328)")
-    p.add_argument("--bits-stored", type=int, default=14, choices=range(9, 17), metavar="9..16")
-    p.add_argument(
-        "--node-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment of the node under test (repeatable): a setting such as "
-        "MAMMOSEG_WORKERS=2, or e.g. MALLOC_ARENA_MAX=2",
-    )
-    p.add_argument("--token", help="viewer token if the node's read API needs one")
-    p.add_argument("--work-dir", type=Path, help="keep images and logs here (default: temporary)")
-    p.add_argument("--json", dest="json_path", type=Path, help="also write the figures as JSON")
-    p.add_argument(
-        "--markdown", dest="markdown_path", type=Path, help="also write the report as Markdown"
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    """Validate parsed flags; raise :class:`BenchUsageError` naming a bad one."""
-    sections = tuple(s.strip() for s in str(args.sections).split(",") if s.strip())
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown or not sections:
-        raise BenchUsageError(f"--sections: unknown {unknown or 'empty'}; choose from {SECTIONS}")
-    counts = {
-        "--threads": (args.threads, 0),
-        "--repeats": (args.repeats, 1),
-        "--latency-images": (args.latency_images, 1),
-        "--throughput-images": (args.throughput_images, 1),
-        "--associations": (args.associations, 1),
-        "--receive-rounds": (args.receive_rounds, 1),
-        "--profile-images": (args.profile_images, 1),
-        "--rows": (args.rows, 64),
-        "--columns": (args.columns, 64),
-    }
-    for flag, (value, least) in counts.items():
-        if value < least:
-            raise BenchUsageError(f"{flag} must be >= {least}, got {value}")
-    node_env = []
-    for item in args.node_env:
-        key, sep, value = str(item).partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise BenchUsageError(f"--node-env wants KEY=VALUE, got {item!r}")
-        node_env.append((key, value))
-    return BenchOptions(
-        sections=tuple(s for s in SECTIONS if s in sections),
-        model=args.model,
-        int8=args.int8,
-        keras_weights=args.keras_weights,
-        threads=args.threads,
-        repeats=args.repeats,
-        latency_images=args.latency_images,
-        throughput_images=args.throughput_images,
-        associations=args.associations,
-        receive_rounds=args.receive_rounds,
-        profile_images=args.profile_images,
-        rows=args.rows,
-        columns=args.columns,
-        bits_stored=args.bits_stored,
-        node_env=tuple(node_env),
-        token=args.token,
-        work_dir=args.work_dir,
-        json_path=args.json_path,
-        markdown_path=args.markdown_path,
-    )
-
-
-def parse_args(argv: Sequence[str]) -> BenchOptions:
-    parser = argparse.ArgumentParser(prog="mammoseg bench", description=__doc__)
-    add_arguments(parser)
-    return options_from_args(parser.parse_args(list(argv)))
-
-
-# --------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the summary: a figure, its target, and whether the target is met."""
-
-    figure: str
-    value: str
-    target: str = ""
-    met: bool | None = None
-
-
-@dataclass(frozen=True)
-class Table:
-    title: str
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    note: str = ""
-
-
-@dataclass
-class Report:
-    started: str
-    machine: dict[str, str]
-    command: str
-    rows: list[Row] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def skip(self, section: str, reason: str) -> None:
-        self.rows.append(Row(section, reason))
-        self.notes.append(f"{section}: {reason}")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table; ``|`` in cells is escaped, numbers right-aligned."""
-
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    widths = [len(cell(h)) for h in header]
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"row {row!r} has {len(row)} cells, header has {len(header)}")
-        widths = [max(w, len(cell(c))) for w, c in zip(widths, row, strict=True)]
-    numeric = [bool(rows) and all(_looks_numeric(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(cell(h).ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|"
-        + "|".join(
-            ("-" * (w + 1) + ":") if num else ("-" * (w + 2))
-            for w, num in zip(widths, numeric, strict=True)
-        )
-        + "|",
-    ]
-    for row in rows:
-        cells = [
-            cell(c).rjust(w) if num else cell(c).ljust(w)
-            for c, w, num in zip(row, widths, numeric, strict=True)
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(str(text).split()[0].rstrip("x%"))
-    except (ValueError, IndexError):
-        return False
-    return True
-
-
-def verdict(met: bool | None) -> str:
-    return {True: "met", False: "MISSED", None: ""}[met]
-
-
-def render(report: Report) -> str:
-    """The whole report as Markdown: header, summary, detail tables, notes."""
-    lines = [
-        f"mammoseg bench, {report.started}",
-        "",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in report.machine.items()),
-        "",
-        f"Command: `{report.command}`",
-        "",
-        markdown_table(
-            ("figure", "measured", "target", ""),
-            [(r.figure, r.value, r.target, verdict(r.met)) for r in report.rows],
-        ),
-    ]
-    for table in report.tables:
-        lines += ["", f"**{table.title}**", "", markdown_table(table.header, table.rows)]
-        if table.note:
-            lines += ["", table.note]
-    if report.notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in report.notes]
-    return "\n".join(lines) + "\n"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def machine_description(threads: int) -> dict[str, str]:
-    """CPU, cores, memory, software versions: no host name, nothing identifying."""
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        for line in info.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    memory = "unknown"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f"{kb / 1024**2:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    import onnxruntime
-
-    return {
-        "CPU": f"{cpu} ({simd})",
-        "cores": str(os.cpu_count()),
-        "threads used": str(threads),
-        "memory": memory,
-        "OS": f"{platform.system()} {platform.release()}",
-        "Python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "load average at start": load_average(),
-    }
 
 
 # --------------------------------------------------------------------------- model
@@ -351,7 +59,7 @@ def default_int8(model: Path) -> Path | None:
 
 def default_keras_weights() -> Path | None:
     """runs/ship of a source checkout (git-ignored; absent on a fresh clone)."""
-    candidate = Path(__file__).resolve().parents[1] / "runs" / "ship"
+    candidate = Path(__file__).resolve().parents[2] / "runs" / "ship"
     return candidate if candidate.is_dir() else None
 
 
@@ -367,7 +75,7 @@ def describe_model(path: Path) -> str:
 
 
 def run_model(options: BenchOptions, report: Report) -> None:
-    from service import bench_model as bm
+    from service.bench import model as bm
 
     threads = options.thread_count
     model = options.model or default_model()
@@ -486,7 +194,7 @@ def _keras_part(
     fp32: dict[int, Any],
     threads: int,
 ) -> None:
-    from service import bench_model as bm
+    from service.bench import model as bm
 
     weights = options.keras_weights or default_keras_weights()
     if weights is None:
@@ -531,7 +239,7 @@ def _int8_part(
     latency: dict[int, Any],
     threshold: float,
 ) -> None:
-    from service import bench_model as bm
+    from service.bench import model as bm
 
     a = bm.predict(session, inputs) >= threshold
     b = bm.predict(int8, inputs) >= threshold
@@ -574,7 +282,7 @@ class Workspace:
 def _prepare_images(options: BenchOptions, root: Path) -> Workspace:
     from pydicom import dcmread
 
-    from service.bench_images import ImageSpec, write_mammograms
+    from service.testkit.synthetic import ImageSpec, write_mammograms
 
     spec = ImageSpec(rows=options.rows, columns=options.columns, bits_stored=options.bits_stored)
     sections = set(options.sections)
@@ -590,18 +298,19 @@ def _prepare_images(options: BenchOptions, root: Path) -> Workspace:
 
 
 def _node_env(options: BenchOptions) -> dict[str, str]:
-    # The node's own disk watermark would refuse images on a nearly full bench disk.
-    return {"MAMMOSEG_MIN_FREE_MB": "0", **dict(options.node_env)}
+    # On top of the launcher's MAMMOSEG_MIN_FREE_MB=0: the node's own disk watermark
+    # would refuse images on a nearly full bench disk.
+    return dict(options.node_env)
 
 
 def run_node_parts(options: BenchOptions, report: Report, ws: Workspace) -> None:
     """Latency, throughput and memory on one node with a storescp destination."""
-    from service import bench_node as bn
+    from service.bench import node as bn
 
     tools = bn.find_dcmtk()
     sections = set(options.sections)
     with bn.storescp(tools, ws.root / "destination") as dest_port:
-        with bn.running_node(
+        with bn.node_under_test(
             ws.root / "node",
             destination=f"{bn.DEST_AET}@127.0.0.1:{dest_port}",
             env=_node_env(options),
@@ -620,7 +329,7 @@ def run_node_parts(options: BenchOptions, report: Report, ws: Workspace) -> None
 
 
 def _latency(options: BenchOptions, report: Report, ws: Workspace, tools: Any, node: Any) -> None:
-    from service import bench_node as bn
+    from service.bench import node as bn
 
     per_image = []
     for index, path in enumerate(ws.latency_files):
@@ -660,7 +369,7 @@ def _latency(options: BenchOptions, report: Report, ws: Workspace, tools: Any, n
 
 
 def _throughput(options: BenchOptions, report: Report, ws: Workspace, tools: Any, node: Any) -> int:
-    from service import bench_node as bn
+    from service.bench import node as bn
 
     files = ws.load_files[: options.throughput_images]
     with bn.RssSampler(node) as sampler:
@@ -718,7 +427,7 @@ def _memory(report: Report, node: Any, idle_kb: int, peak_kb: int) -> None:
 
 def run_receive(options: BenchOptions, report: Report, ws: Workspace) -> None:
     """The node (workers parked: store only) against storescp --fork, alternating rounds."""
-    from service import bench_node as bn
+    from service.bench import node as bn
 
     tools = bn.find_dcmtk()
     files = ws.load_files[: options.throughput_images]
@@ -727,7 +436,7 @@ def run_receive(options: BenchOptions, report: Report, ws: Workspace) -> None:
     env = {**_node_env(options), "MAMMOSEG_POLL_INTERVAL_S": str(bn.PARKED_POLL_INTERVAL_S)}
     for round_ in range(options.receive_rounds):
         work = ws.root / f"receive-{round_}"
-        with bn.running_node(
+        with bn.node_under_test(
             work / "node",
             destination=None,
             env=env,
@@ -778,7 +487,7 @@ def run_receive(options: BenchOptions, report: Report, ws: Workspace) -> None:
 
 def run_profile(options: BenchOptions, report: Report, ws: Workspace) -> None:
     """py-spy samples of a node working through ``profile_images`` images."""
-    from service import bench_node as bn
+    from service.bench import node as bn
 
     if bn.py_spy_path() is None:
         report.skip("profile", "skipped: py-spy is not installed (pip install py-spy)")
@@ -788,7 +497,7 @@ def run_profile(options: BenchOptions, report: Report, ws: Workspace) -> None:
     work = ws.root / "profile"
     raw = work / "py-spy.txt"
     with bn.storescp(tools, work / "destination") as dest_port:
-        with bn.running_node(
+        with bn.node_under_test(
             work / "node",
             destination=f"{bn.DEST_AET}@127.0.0.1:{dest_port}",
             env=_node_env(options),
@@ -840,7 +549,8 @@ def run_profile(options: BenchOptions, report: Report, ws: Workspace) -> None:
 
 
 def run(options: BenchOptions, *, log: Callable[[str], None] = print) -> Report:
-    from service.bench_node import BenchError
+    from service.bench.node import BenchError
+    from service.testkit.processes import ProcessError
 
     report = Report(
         started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -870,7 +580,7 @@ def run(options: BenchOptions, *, log: Callable[[str], None] = print) -> Report:
                 log(f"bench: {name} ...")
                 try:
                     step(options, report, ws)
-                except BenchError as exc:
+                except (BenchError, ProcessError) as exc:
                     report.skip(name, f"not run: {exc}")
     finally:
         if owned:
@@ -879,7 +589,13 @@ def run(options: BenchOptions, *, log: Callable[[str], None] = print) -> Report:
     return report
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str]) -> int:
+    """``mammoseg bench ARGS``: parse, run, print the report; 2 on a bad flag."""
+    return main_with_args(build_parser().parse_args(list(argv)))
+
+
+def main_with_args(args: argparse.Namespace) -> int:
+    """The same from flags already parsed (:func:`service.bench.options.add_arguments`)."""
     try:
         options = options_from_args(args)
     except BenchUsageError as exc:

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from service.contract import ModelContract
-from service.preprocess import (
+from service.imaging.lesions import threshold_mask
+from service.imaging.preprocess import (
     Box,
     breast_box,
     output_to_probability,
-    threshold_mask,
     to_model_input,
     to_source_probability,
 )
