@@ -23,10 +23,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_export.bundled import BUNDLED_CDDCESM
 from model_export.datasets import DATASET_FILE, SPLIT_FILE, DatasetError, split_keys
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_CDDCESM = PACKAGE_DIR / "data" / "cddcesm301"
 SUBSETS = ("all", "has_mass_finding", "mass_only_findings")
 SPLIT_SEED = 42
 CITATION = (

@@ -15,11 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_export.bundled import BUNDLED_CDDCESM, BUNDLED_DDSM66
+
 TRAIN_EXTRA_MESSAGE = "this command needs the train extra: pip install 'mammoseg[train]'"
 EXIT_OK, EXIT_FAILED, EXIT_MISSING_EXTRA = 0, 1, 2
-PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_DDSM66 = PACKAGE_DIR / "data" / "ddsm66"
-BUNDLED_CDDCESM = PACKAGE_DIR / "data" / "cddcesm301"
 
 
 def _has_module(name: str) -> bool:
@@ -334,11 +333,11 @@ def _run_make_dataset(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{len(v)} {k}" for k, v in split.items())
         print(f"wrote the {args.subset} subset of {args.cddcesm} to {out} ({counts}; by patient)")
         return EXIT_OK
-    from model_export.datasets import write_lesion_dataset
     from model_export.lesions import (
         InsertionConfig,
         load_ddsm66_backgrounds,
         load_dicom_background,
+        write_lesion_dataset,
     )
 
     backgrounds = []

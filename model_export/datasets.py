@@ -18,11 +18,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from dicom_node.pixels import display_image
 from service.contract import ModelContract
 from service.imaging.preprocess import crop_padded, resize, to_model_input
 
@@ -60,27 +60,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, object]:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
-    try:
-        from dicom_node.pixels import display_image
-    except ImportError:
-        log.warning("dicom_node.pixels is not available; using a plain modality/VOI LUT fallback")
-        return _fallback_display(ds), ds
     return np.asarray(display_image(ds).pixels, dtype=np.float32), ds
-
-
-def _fallback_display(ds: Any) -> np.ndarray:
-    """Modality LUT, VOI LUT (or min-max), MONOCHROME1 inverted: only if dicom_node lacks it."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    pixels = apply_modality_lut(ds.pixel_array, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        pixels = apply_voi_lut(pixels, ds)
-    pixels = pixels.astype(np.float32)
-    low, high = float(pixels.min()), float(pixels.max())
-    image = (pixels - low) / max(high - low, 1e-6)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        image = 1.0 - image
-    return image.astype(np.float32)
 
 
 def _is_dicom(path: Path) -> bool:
@@ -357,76 +337,3 @@ def load_arrays(pairs: Iterable[Pair], contract: ModelContract) -> ArraySet:
 def select(pairs: Sequence[Pair], keys: Iterable[str]) -> list[Pair]:
     wanted = set(keys)
     return [p for p in pairs if p.key in wanted]
-
-
-# --------------------------------------------------------------------------- lesion-insertion sets
-
-
-def write_lesion_dataset(
-    backgrounds: Sequence[object],
-    out_dir: str | Path,
-    count: int,
-    *,
-    seed: int = 0,
-    config: object | None = None,
-    prefix: str = "lesion",
-) -> Path:
-    """Write ``count`` lesion-insertion images as ``images/*.png`` + ``masks/*.png``.
-
-    Backgrounds are used in turn (each about ``count / len(backgrounds)``
-    times with different masses); ``lesions.json`` records each image's
-    background (the split's group), pixel spacing and the masses drawn.
-    Images are 8-bit PNGs at the background's working resolution; masks 0/255.
-    """
-    from model_export.lesions import Background, InsertionConfig, insert_lesions
-
-    if not backgrounds:
-        raise DatasetError("no backgrounds to insert lesions into")
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    config = config if isinstance(config, InsertionConfig) else InsertionConfig()
-    rng = np.random.default_rng(seed)
-    items = []
-    for index in range(count):
-        background = backgrounds[index % len(backgrounds)]
-        if not isinstance(background, Background):
-            raise DatasetError("backgrounds must be model_export.lesions.Background objects")
-        image, mask, specs = insert_lesions(background, rng, config)
-        key = f"{prefix}_{index:05d}"
-        image8 = np.round(image * 255).astype(np.uint8)
-        Image.fromarray(image8).save(out_dir / "images" / f"{key}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / "masks" / f"{key}.png")
-        items.append(
-            {
-                "key": key,
-                "background": background.name,
-                "source": Path(background.source).name,
-                "mm_per_px": round(background.mm_per_px, 4),
-                "lesions": [
-                    {
-                        "margin": s.margin,
-                        "diameter_mm": s.diameter_mm,
-                        "center_rc": list(s.center),
-                        "contrast": s.contrast,
-                        "blur_mm": s.blur_mm,
-                    }
-                    for s in specs
-                ],
-            }
-        )
-    manifest = {
-        "seed": seed,
-        "count": count,
-        "backgrounds": sorted({getattr(b, "name", "") for b in backgrounds}),
-        "config": {
-            "min_diameter_mm": config.min_diameter_mm,
-            "max_diameter_mm": config.max_diameter_mm,
-            "contrast": list(config.contrast),
-            "count_probabilities": list(config.count_probabilities),
-            "margins": list(config.margins),
-        },
-        "items": items,
-    }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    return out_dir

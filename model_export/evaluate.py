@@ -180,7 +180,8 @@ class _Predictor:
     def __init__(self, path: str, input_size: int) -> None:
         self.path = path
         if path.lower().endswith(".onnx"):
-            from model_export.export import _session, read_contract
+            from model_export.export import _session
+            from service.inference import read_contract
 
             self.contract = read_contract(path)
             self.session = _session(path)

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from service.contract import CONTRACT_KEY, ModelContract, ValidationMetrics
+from service.imaging.lesions import mask_dice
+from service.inference import read_contract
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -213,17 +215,6 @@ def set_contract(proto: Any, contract: ModelContract) -> None:
     entry.value = contract.to_json()
 
 
-def read_contract(path: str | Path) -> ModelContract:
-    """The contract stored in an ONNX file (as the service reads it, via ONNX Runtime)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    if CONTRACT_KEY not in meta:
-        raise ExportError(f"{path} has no {CONTRACT_KEY} metadata")
-    return ModelContract.from_json(meta[CONTRACT_KEY])
-
-
 def _rename_value(graph: Any, old: str, new: str) -> None:
     if old == new:
         return
@@ -286,12 +277,6 @@ def run_onnx(path_or_session: Any, images: np.ndarray, batch_size: int = 8) -> n
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(outs)
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice between two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def parity_check(
@@ -435,7 +420,7 @@ def check_images(
         ]
         gray = load_arrays(chosen, contract).images
     else:
-        from model_export.cli import BUNDLED_DDSM66
+        from model_export.bundled import BUNDLED_DDSM66
         from model_export.datasets import prepare_pair
 
         files = sorted((BUNDLED_DDSM66 / "train_valid" / "fgt_seg").glob("*.png"))

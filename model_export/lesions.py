@@ -26,13 +26,17 @@ muscle or the background.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from model_export.datasets import MANIFEST_FILE, DatasetError, read_dicom
 
 DDSM66_MM_PER_PX = 0.25
 CBIS_MM_PER_PX = 0.05
@@ -173,8 +177,6 @@ def load_dicom_background(
     mm_per_px: float | None = None,
 ) -> Background:
     """A DICOM mammogram as a background, the breast found by thresholding."""
-    from model_export.datasets import read_dicom
-
     image, ds = read_dicom(path)
     spacing = mm_per_px or dicom_spacing_mm(ds) or CBIS_MM_PER_PX
     small, factor = _downsample(image, long_side)
@@ -359,3 +361,71 @@ def insert_lesions(
             )
             break
     return np.clip(image, 0.0, 1.0), mask, specs
+
+
+def write_lesion_dataset(
+    backgrounds: Sequence[object],
+    out_dir: str | Path,
+    count: int,
+    *,
+    seed: int = 0,
+    config: object | None = None,
+    prefix: str = "lesion",
+) -> Path:
+    """Write ``count`` lesion-insertion images as ``images/*.png`` + ``masks/*.png``.
+
+    Backgrounds are used in turn (each about ``count / len(backgrounds)``
+    times with different masses); ``lesions.json`` records each image's
+    background (the split's group), pixel spacing and the masses drawn.
+    Images are 8-bit PNGs at the background's working resolution; masks 0/255.
+    """
+    if not backgrounds:
+        raise DatasetError("no backgrounds to insert lesions into")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    config = config if isinstance(config, InsertionConfig) else InsertionConfig()
+    rng = np.random.default_rng(seed)
+    items = []
+    for index in range(count):
+        background = backgrounds[index % len(backgrounds)]
+        if not isinstance(background, Background):
+            raise DatasetError("backgrounds must be model_export.lesions.Background objects")
+        image, mask, specs = insert_lesions(background, rng, config)
+        key = f"{prefix}_{index:05d}"
+        image8 = np.round(image * 255).astype(np.uint8)
+        Image.fromarray(image8).save(out_dir / "images" / f"{key}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / "masks" / f"{key}.png")
+        items.append(
+            {
+                "key": key,
+                "background": background.name,
+                "source": Path(background.source).name,
+                "mm_per_px": round(background.mm_per_px, 4),
+                "lesions": [
+                    {
+                        "margin": s.margin,
+                        "diameter_mm": s.diameter_mm,
+                        "center_rc": list(s.center),
+                        "contrast": s.contrast,
+                        "blur_mm": s.blur_mm,
+                    }
+                    for s in specs
+                ],
+            }
+        )
+    manifest = {
+        "seed": seed,
+        "count": count,
+        "backgrounds": sorted({getattr(b, "name", "") for b in backgrounds}),
+        "config": {
+            "min_diameter_mm": config.min_diameter_mm,
+            "max_diameter_mm": config.max_diameter_mm,
+            "contrast": list(config.contrast),
+            "count_probabilities": list(config.count_probabilities),
+            "margins": list(config.margins),
+        },
+        "items": items,
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return out_dir

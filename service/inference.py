@@ -1,4 +1,4 @@
-"""ONNX Runtime inference behind the model contract (DESIGN.md, "Model contract")."""
+"""ONNX Runtime inference behind the model contract (``service.contract``; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -68,13 +68,14 @@ class Segmenter:
         )
 
 
-def read_contract(path: Path) -> ModelContract:
+def read_contract(path: Path | str) -> ModelContract:
     """Read and validate the contract from an ONNX file without running it."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return _contract_of(session, path)
+    return contract_of(session, path)
 
 
-def _contract_of(session: ort.InferenceSession, path: Path) -> ModelContract:
+def contract_of(session: ort.InferenceSession, path: Path | str) -> ModelContract:
+    """The contract in an open session's metadata (:class:`ContractError` if it has none)."""
     meta = session.get_modelmeta().custom_metadata_map
     if CONTRACT_KEY not in meta:
         raise ContractError(
@@ -128,7 +129,7 @@ def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ContractError(f"model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
-    contract = _contract_of(session, path)
+    contract = contract_of(session, path)
     _check_signature(session, contract, path)
     # A dry run proves the graph produces the promised output shape.
     probe = np.zeros((64, 64), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The wiring: one function that reads like the pipeline diagram in DESIGN.md.
+"""The wiring: one function that reads like the data flow in docs/architecture.md.
 
 ``run_node(settings)``: store (recover after a crash) -> model (contract
 checked) -> workers (and their heartbeat) -> retention sweep -> storage SCP ->

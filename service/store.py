@@ -1,8 +1,9 @@
-"""The job store: one row per received instance, SQLite in WAL mode.
+"""The job store: one row per received instance, in SQLite (WAL mode) or PostgreSQL.
 
-A job is committed before the C-STORE success goes back (DESIGN.md, data
-flow). Workers claim jobs in an ``IMMEDIATE`` transaction so two workers never
-take the same one. No patient data is stored here: UIDs, states, timings.
+A job is committed before the C-STORE success goes back (docs/architecture.md,
+data flow). Workers claim jobs in one transaction (SQLite ``IMMEDIATE``, PostgreSQL
+``FOR UPDATE SKIP LOCKED``) so two workers never take the same one. No patient
+data is stored here: UIDs, states, timings.
 
 Besides the jobs, two audit tables: ``job_events`` (every state change with
 its time, which gives throughput and the retry count without trusting a

@@ -10,7 +10,7 @@
   (MLAS); the faster of the two is the machine's rate. On CPUs with AVX-512,
   numpy's bundled OpenBLAS may pick an AVX2 kernel: both rates are printed.
 - **Keras** runs in a child process (the node and this package never import
-  TensorFlow; DESIGN.md), as a ``tf.function`` of the Keras model rebuilt by
+  TensorFlow; a test checks it), as a ``tf.function`` of the Keras model rebuilt by
   ``model_export`` from a training run's weights, on the same inputs; the
   largest difference of its probabilities from ONNX Runtime's says whether
   the weights really are the same.
@@ -259,13 +259,6 @@ def load_session(path: Path, threads: int) -> ort.InferenceSession:
     )
 
 
-def read_contract_of(session: ort.InferenceSession) -> ModelContract:
-    from service.contract import CONTRACT_KEY
-
-    meta = session.get_modelmeta().custom_metadata_map
-    return ModelContract.from_json(meta[CONTRACT_KEY])
-
-
 def model_inputs(contract: ModelContract, count: int, *, seed: int = 0) -> np.ndarray:
     """``count`` model inputs made like the node makes them, from synthetic mammograms.
 
@@ -303,12 +296,6 @@ def predict(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(
         [session.run(None, {name: inputs[i : i + 1]})[0] for i in range(len(inputs))]
     )
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks pooled over all pixels (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 # --------------------------------------------------------------------------- Keras (child)

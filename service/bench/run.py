@@ -76,11 +76,12 @@ def describe_model(path: Path) -> str:
 
 def run_model(options: BenchOptions, report: Report) -> None:
     from service.bench import model as bm
+    from service.inference import contract_of
 
     threads = options.thread_count
     model = options.model or default_model()
     session = bm.load_session(model, threads)
-    contract = bm.read_contract_of(session)
+    contract = contract_of(session, model)
     inputs = bm.model_inputs(contract, 8)
     fig = report.figures.setdefault("model", {"path": str(model), "threads": threads})
 
@@ -240,10 +241,11 @@ def _int8_part(
     threshold: float,
 ) -> None:
     from service.bench import model as bm
+    from service.imaging.lesions import mask_dice
 
     a = bm.predict(session, inputs) >= threshold
     b = bm.predict(int8, inputs) >= threshold
-    dice = bm.mask_dice(a, b)
+    dice = mask_dice(a, b)
     fig = report.figures["model"]
     fig["int8"] = {k: asdict(v) for k, v in latency.items()}
     fig["int8_dice"] = dice

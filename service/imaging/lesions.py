@@ -131,6 +131,12 @@ def threshold_mask(prob: np.ndarray, threshold: float, *, min_area_px: int = 0) 
     return mask
 
 
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks pooled over all pixels (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
 def _kept(labels: np.ndarray, count: int, min_pixels: int) -> np.ndarray:
     """Per label (0 = background): whether its component has at least ``min_pixels``."""
     # bincount is ~15x faster than ndimage.sum_labels on a full-size matrix.

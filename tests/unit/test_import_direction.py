@@ -1,17 +1,41 @@
-"""DESIGN.md's import direction, checked on the source: the node never needs TensorFlow."""
+"""The import rules of ``docs/architecture.md``, checked on the source.
+
+Every ``import`` counts, those inside functions too (a lazy import is still a
+dependency). The rules:
+
+- ``dicom_node`` imports neither ``service`` nor ``model_export``;
+- ``service`` never imports ``model_export``, TensorFlow, Keras or tf2onnx
+  (one exception: ``service.cli`` hands training commands to
+  ``model_export.cli``);
+- ``service.imaging``, the array layer shared with training, imports only the
+  standard library, numpy, scipy, Pillow, ``service.contract`` and itself;
+- ``model_export`` does not import the running node (``service.app``,
+  ``.node``, ``.worker``, ``.cli``);
+- no module of the three packages is part of an import cycle.
+
+``tests/unit/test_bench_isolation.py`` adds that production never imports
+the bench, the test kit or ``tests``.
+"""
+
+from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("service", "dicom_node", "model_export")
 FORBIDDEN = {
     "service": {"tensorflow", "keras", "tf2onnx", "model_export"},
     "dicom_node": {"tensorflow", "keras", "tf2onnx", "model_export", "service"},
     "model_export": {"service.app", "service.node", "service.worker", "service.cli"},
 }
+IMAGING_MAY_IMPORT = {"numpy", "scipy", "PIL", "service.contract", "service.imaging"}
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Absolute module names; ``from a import b`` gives ``a`` and ``a.b`` (b may be a module)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -19,7 +43,67 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return found
 
 
 def test_packages_follow_the_import_direction() -> None:
@@ -27,21 +111,51 @@ def test_packages_follow_the_import_direction() -> None:
     for package, forbidden in FORBIDDEN.items():
         for path in sorted((ROOT / package).rglob("*.py")):
             for name in imported_modules(path):
-                if any(name == bad or name.startswith(bad + ".") for bad in forbidden):
-                    if (
-                        package == "service"
-                        and path.name == "cli.py"
-                        and name == "model_export.cli"
-                    ):
+                if any(within(name, bad) for bad in forbidden):
+                    lazy_training_cli = path == ROOT / "service" / "cli.py" and within(
+                        name, "model_export.cli"
+                    )
+                    if lazy_training_cli:
                         continue  # the CLI dispatches training commands lazily, behind the extra
                     problems.append(f"{path.relative_to(ROOT)} imports {name}")
     assert problems == []
 
 
-def test_running_the_node_does_not_load_tensorflow() -> None:
-    import subprocess
-    import sys
+def test_the_imaging_layer_imports_only_arrays_and_the_contract() -> None:
+    stdlib = sys.stdlib_module_names
+    problems = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "service" / "imaging").rglob("*.py"))
+        for name in imported_modules(path)
+        if name.split(".")[0] not in stdlib
+        and not any(within(name, allowed) for allowed in IMAGING_MAY_IMPORT)
+        and not within(name, "__future__")
+    ]
+    assert problems == []
 
+
+def test_no_import_cycles() -> None:
+    modules = project_modules()
+    graph = {
+        name: {m for m in imported_modules(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_rules_see_lazy_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from service import pipeline\n    import model_export.cli\n")
+    assert {"service", "service.pipeline", "model_export.cli"} <= imported_modules(sample)
+
+
+def test_running_the_node_does_not_load_tensorflow() -> None:
     code = (
         "import sys, service.node, service.app, service.cli, dicom_node.scp; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -141,9 +141,9 @@ def test_load_arrays_at_model_size(pair_tree: Path) -> None:
 
 
 def test_write_lesion_dataset_round_trips(ddsm66_tree: Path, tmp_path: Path) -> None:
-    from model_export.lesions import load_ddsm66_backgrounds
+    from model_export.lesions import load_ddsm66_backgrounds, write_lesion_dataset
 
-    out = ds.write_lesion_dataset(load_ddsm66_backgrounds(ddsm66_tree), tmp_path / "set", 5, seed=0)
+    out = write_lesion_dataset(load_ddsm66_backgrounds(ddsm66_tree), tmp_path / "set", 5, seed=0)
     pairs = ds.find_pairs(out)
     assert len(pairs) == 5
     assert {p.group for p in pairs} == {"A_0000_1.RIGHT_MLO", "A_0001_1.RIGHT_MLO"}

@@ -106,15 +106,6 @@ def test_configurations_are_timed_in_turn() -> None:
         bench_model.measure_interleaved(calls, rounds=0, repeats=1)
 
 
-def test_mask_dice() -> None:
-    a = np.zeros((4, 4), dtype=bool)
-    assert bench_model.mask_dice(a, a) == 1.0
-    b = a.copy()
-    a[0, :2] = True
-    b[0, 1:3] = True
-    assert bench_model.mask_dice(a, b) == pytest.approx(0.5)
-
-
 # --------------------------------------------------------------------------- report
 
 

@@ -12,6 +12,7 @@ from service.imaging.lesions import (
     Lesion,
     convex_hull,
     find_lesions,
+    mask_dice,
     max_feret_diameter,
     measure_lesions,
     minimum_area_px,
@@ -208,3 +209,12 @@ def test_minimum_area_is_one_rule_with_or_without_spacing() -> None:
     assert minimum_area_px(10.0, None, (512, 300)) == math.ceil(10 / side**2)
     assert minimum_area_px(10.0, None, (300, 512)) == minimum_area_px(10.0, None, (512, 300))
     assert minimum_area_px(0.0, None, (8, 8)) == 1
+
+
+def test_mask_dice() -> None:
+    a = np.zeros((4, 4), dtype=bool)
+    assert mask_dice(a, a) == 1.0
+    b = a.copy()
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert mask_dice(a, b) == pytest.approx(0.5)
