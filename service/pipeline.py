@@ -92,10 +92,19 @@ class PipelineOptions:
 
 @dataclass(frozen=True)
 class Results:
-    files: list[Path]  # in the order they are sent
+    files_by_kind: dict[str, Path]  # "seg", "sr", "sc" -> file, in the order they are sent
     uids: dict[str, str]  # kind -> SOP Instance UID
     segmentation: Segmentation
     timings: dict[str, float]
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.files_by_kind.values())
+
+    @property
+    def overlay(self) -> Path | None:
+        """The overlay Secondary Capture."""
+        return self.files_by_kind.get("sc")
 
     @property
     def lesion_pixels(self) -> int:
@@ -258,7 +267,7 @@ def process_instance(
     timings["infer_s"] = segmentation.seconds_infer
     timings["postprocess_build_s"] += segmentation.seconds_lesions
     return Results(
-        files=list(files.values()),
+        files_by_kind=files,
         uids={kind: str(result.SOPInstanceUID) for kind, result in results.items()},
         segmentation=segmentation,
         timings=timings,

@@ -188,6 +188,7 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
         results={
             "uids": results.uids,
             "files": [str(p) for p in results.files],
+            "overlay": str(results.overlay) if results.overlay else None,
             "lesion_pixels": results.lesion_pixels,
         },
     )

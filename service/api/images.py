@@ -77,12 +77,17 @@ def _cached(path: Path, kind: str, max_size: int) -> bytes:
 
 
 def overlay_path(job: Job) -> Path | None:
-    """The overlay Secondary Capture among the job's results, if it has one."""
-    for name in job.results.get("files", []):
-        path = Path(name)
-        if path.name.startswith("sc"):
-            return path
-    return None
+    """The overlay Secondary Capture among the job's results, if it has one.
+
+    The worker records it by kind (``results["overlay"]``); a job processed by an
+    earlier version has only ``uids`` (kind -> UID) and ``files``, written in the
+    same order, which pair them.
+    """
+    if "overlay" in job.results:
+        overlay = job.results["overlay"]
+        return Path(overlay) if overlay else None
+    by_kind = dict(zip(job.results.get("uids", {}), job.results.get("files", []), strict=False))
+    return Path(by_kind["sc"]) if "sc" in by_kind else None
 
 
 def thumbnail(

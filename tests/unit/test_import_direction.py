@@ -9,6 +9,8 @@ dependency). The rules:
   ``model_export.cli``);
 - ``service.imaging``, the array layer shared with training, imports only the
   standard library, numpy, scipy, Pillow, ``service.contract`` and itself;
+- inside ``service``, a module imports only its own layer and those below
+  (``SERVICE_LAYERS``; every module must be placed in one);
 - ``model_export`` does not import the running node (``service.app``,
   ``.node``, ``.worker``, ``.cli``);
 - no module of the three packages is part of an import cycle.
@@ -32,6 +34,37 @@ FORBIDDEN = {
     "model_export": {"service.app", "service.node", "service.worker", "service.cli"},
 }
 IMAGING_MAY_IMPORT = {"numpy", "scipy", "PIL", "service.contract", "service.imaging"}
+#: The layers inside ``service``, lowest first: a module imports only its own layer and those
+#: below. Every module must be placed (the longest matching prefix counts), so a new module
+#: is a decision. The diagram in docs/architecture.md draws the same order.
+SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
+    # 0 values and arrays: no I/O beyond their own file
+    (
+        "service",  # the package itself (its __init__ imports nothing)
+        "service.contract",
+        "service.settings",
+        "service.logs",
+        "service.stats",
+        "service.db",
+        "service.imaging",
+        "service.migrations",
+    ),
+    ("service.inference", "service.store", "service.access"),  # 1 engines: model, database
+    ("service.segmentation",),  # 2 the one segmentation step
+    # 3 what happens to an image or a job
+    ("service.pipeline", "service.upload", "service.worker", "service.retention"),
+    (  # 4 HTTP and the configuration check
+        "service.api",
+        "service.body_limit",
+        "service.metrics",
+        "service.web",
+        "service.app",
+        "service.config_check",
+    ),
+    ("service.node",),  # 5 the wiring
+    ("service.segment_files", "service.cli", "service.__main__"),  # 6 commands
+    ("service.bench", "service.testkit"),  # 7 tools, never imported below (test_bench_isolation)
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -121,6 +154,45 @@ def test_packages_follow_the_import_direction() -> None:
     assert problems == []
 
 
+def service_layer(module: str) -> int | None:
+    matches = [
+        (len(prefix), layer)
+        for layer, prefixes in enumerate(SERVICE_LAYERS)
+        for prefix in prefixes
+        if module == prefix or (prefix != "service" and within(module, prefix))
+    ]
+    return max(matches)[1] if matches else None
+
+
+def layer_problems(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for module, imports in sorted(graph.items()):
+        if not within(module, "service"):
+            continue
+        layer = service_layer(module)
+        if layer is None:
+            problems.append(f"{module} has no layer in SERVICE_LAYERS")
+            continue
+        for name in sorted(imports):
+            target = service_layer(name) if within(name, "service") else None
+            lazy_bench = module == "service.cli" and within(name, "service.bench")
+            if target is not None and target > layer and not lazy_bench:
+                problems.append(f"{module} (layer {layer}) imports {name} (layer {target})")
+    return problems
+
+
+def test_service_modules_import_only_their_layer_and_below() -> None:
+    assert layer_problems(import_graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    graph = {"service.imaging.lesions": {"service.pipeline"}, "service.newthing": set()}
+    assert layer_problems(graph) == [
+        "service.imaging.lesions (layer 0) imports service.pipeline (layer 3)",
+        "service.newthing has no layer in SERVICE_LAYERS",
+    ]
+
+
 def test_the_imaging_layer_imports_only_arrays_and_the_contract() -> None:
     stdlib = sys.stdlib_module_names
     problems = [
@@ -134,13 +206,17 @@ def test_the_imaging_layer_imports_only_arrays_and_the_contract() -> None:
     assert problems == []
 
 
-def test_no_import_cycles() -> None:
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (function-level imports included)."""
     modules = project_modules()
-    graph = {
+    return {
         name: {m for m in imported_modules(path) if m in modules and m != name}
         for name, path in modules.items()
     }
-    assert cycles(graph) == []
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:
