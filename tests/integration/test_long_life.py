@@ -200,9 +200,11 @@ def test_retention_keeps_a_small_disk_in_steady_state(
                     statuses.append(int(assoc.send_c_store(ds).Status))
                     lowest_free[0] = min(lowest_free[0], shutil.disk_usage(disk).free)
                 assoc.release()
-                # A PACS at a rate the node sustains: the next batch once this one is in.
-                wait_for(lambda: node.store.queue_depth() == 0, timeout_s=120)
-            wait_for(lambda: node.store.counts()["DONE"] == 240, timeout_s=120)
+                # A PACS at a rate the node sustains: the next batch once this one is
+                # delivered. Waiting only for the queue to empty let SENDING jobs pile up
+                # (delivery is the slower stage here), and open jobs' files cannot go.
+                done = 20 * (batch + 1)
+                wait_for(lambda n=done: node.store.counts()["DONE"] >= n, timeout_s=180)
             counters = node.store.counters()
         finally:
             node.stop()
