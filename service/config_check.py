@@ -167,23 +167,24 @@ def _check_sqlite(path: Path, report: Report) -> None:
 
 
 def _check_postgres(url: str, report: Report) -> None:
-    from service.db import Database, DatabaseError
+    from service.db import Database, DatabaseError, Pool
 
     database = Database(url)
     try:
-        conn = database.connect()
+        pool = Pool(database, size=1, overflow=0)
+        with pool.read() as conn:
+            conn.execute("SELECT 1")
     except DatabaseError as exc:
         report.add("store", False, str(exc))
         return
     try:
-        conn.execute("SELECT 1")
-        try:
+        with pool.read() as conn:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            schema = f"schema at revision {row[0]}" if row else "no schema revision yet"
-        except Exception:  # an empty database has no alembic_version table yet
-            schema = "empty database; serve will create the schema"
+        schema = f"schema at revision {row[0]}" if row else "no schema revision yet"
+    except DatabaseError:  # an empty database has no alembic_version table yet
+        schema = "empty database; serve will create the schema"
     finally:
-        conn.close()
+        pool.dispose()
     report.add("store", True, f"PostgreSQL {database.display} answers; {schema}")
 
 

@@ -1,26 +1,40 @@
 """Database access for the job store: SQLite (default) or PostgreSQL, one URL setting.
 
-The store writes plain SQL with ``?`` placeholders; :class:`Connection` adapts
-it to the backend (``%s`` and row objects for psycopg). The schema is owned by
-Alembic migrations (``service/migrations``), applied at start-up on both
-backends, so a store made by an older version is upgraded in place.
+One SQLAlchemy engine per store (:class:`Pool`) holds a pool of connections; a
+store operation borrows one for a single transaction (:meth:`Pool.write`) or a
+consistent read (:meth:`Pool.read`) and gives it back. The store writes plain
+SQL with named parameters (``:job_id``; a list or tuple value expands, as in
+``state IN :states``), which SQLAlchemy renders for either driver. The schema
+is owned by Alembic migrations (``service/migrations``), applied at start-up
+on both backends, so a store made by an older version is upgraded in place.
 
-On PostgreSQL, workers on several hosts share the jobs table: a claim reads
-with ``SELECT ... FOR UPDATE SKIP LOCKED`` so two workers never take the same
-job and none waits for another's lock.
+SQLite: WAL mode, ``synchronous=FULL``, and every write transaction is
+``BEGIN IMMEDIATE``, so claims serialise on the write lock instead of failing
+on an upgrade from a read lock. PostgreSQL: workers on several hosts share the
+jobs table, and a claim reads with ``SELECT ... FOR UPDATE SKIP LOCKED`` so two
+workers never take the same job and none waits for another's lock.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Connection as SAConnection
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import TextClause
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: The execution option that marks a borrowed connection as a writer (SQLite: BEGIN IMMEDIATE).
+_WRITE = "mammoseg_write"
 
 
 class DatabaseError(Exception):
@@ -50,54 +64,40 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Backend:
-    """What differs between SQLite and PostgreSQL, in one place."""
+    """What differs between SQLite and PostgreSQL in the store's SQL, in one place."""
 
     dialect: str  # "sqlite" or "postgresql"
-
-    @property
-    def begin(self) -> str:
-        # SQLite: take the write lock at once so claims serialise; PostgreSQL: row locks.
-        return "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
 
     @property
     def skip_locked(self) -> str:
         return " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
 
 
-_PLACEHOLDER = re.compile(r"\?")
+@lru_cache(maxsize=512)
+def _statement(sql: str, expanding: tuple[str, ...]) -> TextClause:
+    clause = sqlalchemy.text(sql)
+    if expanding:
+        clause = clause.bindparams(*(sqlalchemy.bindparam(n, expanding=True) for n in expanding))
+    return clause
 
 
 class Connection:
-    """One backend connection per thread, with the sqlite3-like calls the store uses."""
+    """A borrowed pool connection inside one transaction, with the one call the store uses."""
 
-    def __init__(self, raw: Any, backend: Backend) -> None:
+    def __init__(self, raw: SAConnection, backend: Backend) -> None:
         self.raw = raw
         self.backend = backend
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        if self.backend.dialect == "sqlite":
-            cur = self.raw.execute(sql, tuple(params))
-            rows = (
-                [Row(zip([d[0] for d in cur.description], r, strict=True)) for r in cur.fetchall()]
-                if cur.description
-                else []
-            )
-            return Cursor(rows, cur.rowcount)
-        sql = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
-        with self.raw.cursor() as cur:
-            cur.execute(sql, tuple(params))
-            rows = (
-                [
-                    Row(zip([d.name for d in cur.description], r, strict=True))
-                    for r in cur.fetchall()
-                ]
-                if cur.description
-                else []
-            )
-            return Cursor(rows, cur.rowcount)
-
-    def close(self) -> None:
-        self.raw.close()
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
+        """Run ``sql`` with named parameters; list and tuple values expand (``IN :ids``)."""
+        params = dict(params or {})
+        expanding = tuple(sorted(k for k, v in params.items() if isinstance(v, list | tuple)))
+        try:
+            result = self.raw.execute(_statement(sql, expanding), params)
+            rows = [Row(r._mapping) for r in result] if result.returns_rows else []
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"{type(exc.__cause__ or exc).__name__}: {exc}") from exc
+        return Cursor(rows, result.rowcount)
 
 
 @dataclass(frozen=True)
@@ -127,27 +127,6 @@ class Database:
         """The URL without a password, for logs and pages."""
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url)
 
-    def connect(self) -> Connection:
-        backend = self.backend
-        try:
-            if backend.dialect == "sqlite":
-                raw = sqlite3.connect(
-                    self.sqlite_path, timeout=30.0, isolation_level=None, check_same_thread=False
-                )
-                raw.execute("PRAGMA journal_mode=WAL")
-                raw.execute("PRAGMA synchronous=FULL")
-                raw.execute("PRAGMA busy_timeout=30000")
-                return Connection(raw, backend)
-            import psycopg
-
-            pg = psycopg.connect(self._libpq_url(), autocommit=True, connect_timeout=10)
-            return Connection(pg, backend)
-        except Exception as exc:  # sqlite3 / psycopg errors: one message for start-up
-            raise DatabaseError(f"cannot connect to {self.display}: {exc}") from exc
-
-    def _libpq_url(self) -> str:
-        return re.sub(r"^postgres(ql)?(\+psycopg)?:", "postgresql:", self.url)
-
     def sqlalchemy_url(self) -> str:
         if self.backend.dialect == "sqlite":
             return self.url
@@ -169,12 +148,86 @@ class Database:
             raise DatabaseError(f"cannot migrate the job store at {self.display}: {exc}") from exc
 
 
-@contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
-    conn.execute(conn.backend.begin)
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def _sqlite_engine(database: Database, size: int, overflow: int, timeout_s: float) -> Engine:
+    engine = sqlalchemy.create_engine(
+        database.sqlalchemy_url(),
+        connect_args={"timeout": 30.0, "check_same_thread": False},
+        poolclass=sqlalchemy.QueuePool,
+        pool_size=size,
+        max_overflow=overflow,
+        pool_timeout=timeout_s,
+    )
+
+    # The pysqlite recipe: the driver leaves transactions to us, so a writer can
+    # take the write lock at BEGIN (IMMEDIATE) and a reader gets a plain snapshot.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi: Any, _record: Any) -> None:
+        dbapi.isolation_level = None
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
+            dbapi.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: SAConnection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Pool:
+    """The store's one engine: a pool of connections to ``database``.
+
+    ``size`` connections stay open; up to ``overflow`` more open under load and
+    close when given back; a caller waits at most ``timeout_s`` for one.
+    """
+
+    def __init__(
+        self, database: Database, *, size: int = 5, overflow: int = 20, timeout_s: float = 30.0
+    ) -> None:
+        self.database = database
+        self.backend = database.backend
+        try:
+            if self.backend.dialect == "sqlite":
+                self.engine = _sqlite_engine(database, size, overflow, timeout_s)
+            else:
+                self.engine = sqlalchemy.create_engine(
+                    database.sqlalchemy_url(),
+                    connect_args={"connect_timeout": 10},
+                    pool_size=size,
+                    max_overflow=overflow,
+                    pool_timeout=timeout_s,
+                    pool_pre_ping=True,  # a restarted server's dead connections are replaced
+                )
+        except (SQLAlchemyError, ImportError) as exc:
+            raise DatabaseError(f"cannot use {database.display}: {exc}") from exc
+
+    @contextmanager
+    def _borrow(self, *, write: bool) -> Iterator[Connection]:
+        try:
+            raw = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot connect to {self.database.display}: {exc}") from exc
+        with raw:
+            if write:
+                raw.execution_options(**{_WRITE: True})
+            try:
+                with raw.begin():
+                    yield Connection(raw, self.backend)
+            except SQLAlchemyError as exc:  # the COMMIT itself failed
+                raise DatabaseError(f"{type(exc.__cause__ or exc).__name__}: {exc}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, committed when the block ends (rolled back on an error)."""
+        with self._borrow(write=True) as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One consistent read (a snapshot); nothing written is kept."""
+        with self._borrow(write=False) as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the store is closed)."""
+        self.engine.dispose()

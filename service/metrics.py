@@ -38,7 +38,7 @@ class NodeCollector(Collector):
         self.data_dir = data_dir
         self.model = model
         self._lock = threading.Lock()
-        self._cursor = store.last_event_id()
+        self._cursor = store.reads.last_event_id()
         self._stages = Histogram(
             "mammoseg_stage_seconds",
             "Seconds per stage of the jobs that finished (DONE) since the node started",
@@ -51,7 +51,7 @@ class NodeCollector(Collector):
 
     def _observe_finished(self) -> None:
         with self._lock:
-            while batch := self.store.finished_after(self._cursor):
+            while batch := self.store.reads.finished_after(self._cursor):
                 for event_id, timings in batch:
                     for stage, seconds in stage_durations(timings).items():
                         self._stages.labels(stage=stage).observe(seconds)
@@ -62,34 +62,34 @@ class NodeCollector(Collector):
         yield from self._stages.collect()
 
         jobs = GaugeMetricFamily("mammoseg_jobs", "Jobs in each state now", labels=["state"])
-        for state, count in self.store.counts().items():
+        for state, count in self.store.reads.counts().items():
             jobs.add_metric([state], count)
         yield jobs
         yield GaugeMetricFamily(
             "mammoseg_queue_depth",
             "Jobs waiting for a worker (RECEIVED, and RETRYING whose attempt is due)",
-            value=self.store.queue_depth(),
+            value=self.store.queue.queue_depth(),
         )
         associations = CounterMetricFamily(
             "mammoseg_associations",
             "DICOM associations by outcome (open ones are counted as open)",
             labels=["outcome"],
         )
-        for outcome, count in self.store.association_counts().items():
+        for outcome, count in self.store.audit.counts().items():
             associations.add_metric([outcome], count)
         yield associations
         yield CounterMetricFamily(
             "mammoseg_retries",
             "Times a job was put to RETRYING (failed sends and admin retries)",
-            value=self.store.event_count(JobState.RETRYING),
+            value=self.store.reads.event_count(JobState.RETRYING),
         )
         finished = CounterMetricFamily(
             "mammoseg_jobs_finished", "Jobs that reached a final state", labels=["state"]
         )
         for state in (JobState.DONE, JobState.FAILED, JobState.SKIPPED):
-            finished.add_metric([state.value], self.store.event_count(state))
+            finished.add_metric([state.value], self.store.reads.event_count(state))
         yield finished
-        yield from store_counters(self.store.counters())
+        yield from store_counters(self.store.reads.counters())
         free = shutil.disk_usage(self.data_dir).free if self.data_dir.exists() else 0
         yield GaugeMetricFamily(
             "mammoseg_free_disk_bytes", "Free bytes on the data directory's disk", value=free

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import queue
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,13 +55,13 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
     """The SCP's sink: commit a job for every instance on disk.
 
     The dataset's digest goes with it: an instance received again unchanged
-    after its job finished makes no new job (:meth:`JobStore.admit`). Its
+    after its job finished makes no new job (``store.queue.admit``). Its
     fresh spool file is removed when retention had already deleted that
     job's files (it would belong to no job).
     """
 
     def commit(instance: ReceivedInstance) -> None:
-        admission = store.admit(
+        admission = store.queue.admit(
             NewJob(
                 sop_instance_uid=instance.sop_instance_uid,
                 sop_class_uid=instance.sop_class_uid,
@@ -110,15 +109,15 @@ def association_audit(store: JobStore) -> AssociationEvents:
         def call(*args: Any) -> None:
             try:
                 record(*args)
-            except (StoreError, sqlite3.Error, OSError):  # the audit never breaks an association
+            except (StoreError, DatabaseError, OSError):  # the audit never breaks an association
                 log.exception("association audit not written")
 
         return call
 
     return AssociationEvents(
-        on_accepted=guarded(store.association_opened),
-        on_rejected=guarded(store.association_rejected),
-        on_closed=guarded(store.association_closed),
+        on_accepted=guarded(store.audit.opened),
+        on_rejected=guarded(store.audit.rejected),
+        on_closed=guarded(store.audit.closed),
     )
 
 
@@ -175,12 +174,12 @@ def hand_back(store: JobStore, settings: Settings, workers: list[threading.Threa
     """A worker still busy after the stop timeout: its job goes back, not as a crash.
 
     Without this, a slow job cut short by an orderly restart would count
-    towards its quarantine (service/store.py, ``recover``).
+    towards its quarantine (service/store/claims.py, ``recover``).
     """
     if any(isinstance(w, Worker | Sender) and w.is_alive() for w in workers):
         try:
-            handed = store.recover(owner=settings.worker_id, crashed=False)
-        except (StoreError, DatabaseError, sqlite3.Error, OSError):
+            handed = store.queue.recover(owner=settings.worker_id, crashed=False)
+        except (StoreError, DatabaseError, OSError):
             log.exception("could not hand back the unfinished jobs")
             return
         log.warning("stopped with jobs unfinished: handed back %s", handed)
@@ -208,10 +207,12 @@ def open_store(settings: Settings) -> JobStore:
     quarantine = settings.quarantine_after
     if settings.database_url:
         store = JobStore(Database(settings.database_url), quarantine_after=quarantine)
-        recovered = store.recover(owner=settings.worker_id, stale_after_s=settings.stale_claim_s)
+        recovered = store.queue.recover(
+            owner=settings.worker_id, stale_after_s=settings.stale_claim_s
+        )
     else:
         store = JobStore(settings.database_path, quarantine_after=quarantine)
-        recovered = store.recover()
+        recovered = store.queue.recover()
     log.info(
         "store %s ready: %d jobs back to RECEIVED, %d to RETRYING, %d quarantined",
         store.backend.dialect,

@@ -110,7 +110,7 @@ def purge_job_files(
         rewritten = False
     if rewritten:
         return False
-    if not store.mark_purged(job.id, now=now):
+    if not store.housekeeping.mark_purged(job.id, now=now):
         return False  # reprocessed meanwhile, or another sweep has it
     outbox = policy.outbox_dir / str(job.id)
     if outbox.is_dir():
@@ -122,7 +122,9 @@ def purge_job_files(
         result = Path(name)
         if _inside(result, policy.data_dir):
             _remove_file(result, counts)
-    if _inside(spool, policy.data_dir) and not store.path_in_use(job.path, besides=job.id):
+    if _inside(spool, policy.data_dir) and not store.housekeeping.path_in_use(
+        job.path, besides=job.id
+    ):
         _remove_file(spool, counts)
     counts.jobs_purged += 1
     return True
@@ -147,7 +149,7 @@ def sweep(
         seen: set[int] = set()
         while batch := [
             j
-            for j in store.purge_candidates(finished_before=cutoff, limit=BATCH)
+            for j in store.housekeeping.purge_candidates(finished_before=cutoff, limit=BATCH)
             if j.id not in seen
         ]:
             for job in batch:
@@ -156,7 +158,9 @@ def sweep(
     if policy.high_water_bytes and free_bytes(policy.data_dir) < policy.high_water_bytes:
         seen = set()
         while free_bytes(policy.data_dir) < policy.high_water_bytes and (
-            batch := [j for j in store.purge_candidates(limit=BATCH) if j.id not in seen]
+            batch := [
+                j for j in store.housekeeping.purge_candidates(limit=BATCH) if j.id not in seen
+            ]
         ):
             for job in batch:
                 seen.add(job.id)
@@ -167,14 +171,16 @@ def sweep(
     if policy.audit_days:
         cutoff = now - policy.audit_days * DAY_S
         while True:
-            deleted = store.delete_finished(finished_before=cutoff, limit=BATCH)
+            deleted = store.housekeeping.delete_finished(finished_before=cutoff, limit=BATCH)
             counts.job_rows += deleted["job_rows"]
             counts.event_rows += deleted["event_rows"]
             if deleted["job_rows"] < BATCH:
                 break
-        while (n := store.delete_associations(started_before=cutoff, limit=BATCH * 10)) > 0:
+        while (
+            n := store.housekeeping.delete_associations(started_before=cutoff, limit=BATCH * 10)
+        ) > 0:
             counts.association_rows += n
-    store.add_counters(
+    store.housekeeping.add_counters(
         {COUNTER_NAMES[k]: v for k, v in counts.as_dict().items() if k in COUNTER_NAMES}
     )
     return counts

@@ -4,7 +4,7 @@ The worker loop is one of the three places with a broad ``except``: whatever
 goes wrong with one job ends as FAILED with a reason, never a dead worker.
 What kills the whole process (a decoder crash, the OOM killer) is counted by
 the store when the claim is taken back, and quarantines the job after
-``quarantine_after`` times (service/store.py). While this process holds a
+``quarantine_after`` times (service/store/claims.py). While this process holds a
 claim, :class:`Heartbeat` keeps it fresh in the store, so that the stale sweep
 of another process never takes back work that is still going on.
 """
@@ -96,7 +96,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> int:
         """One refresh now; returns how many claims the store still credits to us."""
-        alive = self.store.heartbeat(self.held(), self.owner)
+        alive = self.store.queue.heartbeat(self.held(), self.owner)
         self.beats += 1
         return alive
 
@@ -149,7 +149,7 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
     try:
         results = process_instance(Path(job.path), job.id, ctx.segmenter, job_options(ctx, job))
     except JobSkipped as exc:
-        ctx.store.update(job.id, state=JobState.SKIPPED, reason=str(exc))
+        ctx.store.queue.update(job.id, state=JobState.SKIPPED, reason=str(exc))
         log.info(
             "job %d SKIPPED (%s): %s",
             job.id,
@@ -159,7 +159,7 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
         )
         return False
     except JobFailed as exc:
-        ctx.store.update(job.id, state=JobState.FAILED, reason=str(exc))
+        ctx.store.queue.update(job.id, state=JobState.FAILED, reason=str(exc))
         log.warning(
             "job %d FAILED (%s): %s",
             job.id,
@@ -175,13 +175,13 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
             job.sop_instance_uid,
             extra=job_fields(job, "job_failed"),
         )
-        ctx.store.update(
+        ctx.store.queue.update(
             job.id,
             state=JobState.FAILED,
             reason=f"internal error while processing: {type(exc).__name__}: {exc}",
         )
         return False
-    ctx.store.update(
+    ctx.store.queue.update(
         job.id,
         state=JobState.SENDING,
         timings=results.timings,
@@ -237,7 +237,7 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
                 job.sop_instance_uid,
                 extra=job_fields(job, "job_failed"),
             )
-            ctx.store.update(
+            ctx.store.queue.update(
                 job.id,
                 state=JobState.FAILED,
                 reason=f"internal error while sending: {type(exc).__name__}: {exc}",
@@ -249,7 +249,7 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
     files = [Path(p) for p in job.results.get("files", [])]
     problem = unreadable_results(files)
     if problem:
-        ctx.store.update(job.id, state=JobState.FAILED, reason=problem)
+        ctx.store.queue.update(job.id, state=JobState.FAILED, reason=problem)
         return
     delivered = list(job.delivered)
     start = time.perf_counter()
@@ -263,10 +263,10 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
             errors.append(f"{destination}: {exc}")
             continue
         delivered.append(destination.name)
-        ctx.store.update(job.id, delivered=delivered)
+        ctx.store.queue.update(job.id, delivered=delivered)
     now = time.time()
     if not errors:
-        ctx.store.update(
+        ctx.store.queue.update(
             job.id,
             state=JobState.DONE,
             reason="",
@@ -285,7 +285,7 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
     first_failure = job.first_send_failure_at or now
     reason = "; ".join(errors)
     if now - first_failure >= ctx.retry.give_up_s:
-        ctx.store.update(
+        ctx.store.queue.update(
             job.id,
             state=JobState.FAILED,
             attempts=attempts,
@@ -299,7 +299,7 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
         )
         return
     next_at = now + ctx.retry.delay(attempts)
-    ctx.store.update(
+    ctx.store.queue.update(
         job.id,
         state=JobState.RETRYING,
         attempts=attempts,
@@ -336,7 +336,7 @@ class Worker(threading.Thread):
         store = self.ctx.store
         while not self.stop_event.is_set():
             try:
-                job = store.claim(
+                job = store.queue.claim(
                     [JobState.RECEIVED], JobState.PROCESSING, owner=self.ctx.worker_id
                 )
                 if job is not None:
@@ -378,7 +378,7 @@ class Sender(threading.Thread):
             try:
                 if self.ctx.stale_claim_s and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + min(60.0, self.ctx.stale_claim_s / 2)
-                    taken = store.recover(stale_after_s=self.ctx.stale_claim_s)
+                    taken = store.queue.recover(stale_after_s=self.ctx.stale_claim_s)
                     if any(taken.values()):
                         log.warning("took back jobs left by a stopped process: %s", taken)
                 try:
@@ -387,7 +387,7 @@ class Sender(threading.Thread):
                     pass
                 else:
                     try:
-                        fresh = store.get(job_id)
+                        fresh = store.reads.get(job_id)
                         # Not if the stale sweep gave it to another process meanwhile.
                         if (
                             fresh is not None
@@ -399,7 +399,9 @@ class Sender(threading.Thread):
                         if self.ctx.heartbeat is not None:
                             self.ctx.heartbeat.release(job_id)
                 # One due retry per turn, so retries never starve under load.
-                job = store.claim([JobState.RETRYING], JobState.SENDING, owner=self.ctx.worker_id)
+                job = store.queue.claim(
+                    [JobState.RETRYING], JobState.SENDING, owner=self.ctx.worker_id
+                )
                 if job is not None:
                     deliver(self.ctx, job)
             except Exception:  # boundary: keep the sender alive

@@ -51,7 +51,7 @@ def epoch(value: datetime | None) -> float | None:
 
 
 def existing_job(node: NodeState, job_id: int) -> Job:
-    job = node.store.get(job_id)
+    job = node.store.reads.get(job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} does not exist")
     return job
@@ -77,7 +77,7 @@ def patient_of(job: Job) -> PatientOut | None:
 
 def job_detail(node: NodeState, job: Job) -> JobDetail:
     patient = patient_of(job) if node.settings.show_patient_data else None
-    return JobDetail.detail(job, node.store.events(job.id), patient=patient)
+    return JobDetail.detail(job, node.store.reads.events(job.id), patient=patient)
 
 
 def job_filter(
@@ -109,13 +109,13 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
     where = job_filter(state, since, until, destination, calling_ae)
-    jobs, total = node.store.find(where, limit=limit, offset=offset)
+    jobs, total = node.store.reads.find(where, limit=limit, offset=offset)
     return JobPage(
         items=[JobOut.of(j) for j in jobs],
         total=total,
         limit=limit,
         offset=offset,
-        counts=node.store.counts(),
+        counts=node.store.reads.counts(),
     )
 
 
@@ -128,7 +128,7 @@ def get_job(job_id: int, node: NodeDep, _: ReaderDep) -> JobDetail:
 def retry_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
     """Send a FAILED or RETRYING job's results again, now (the results are not rebuilt)."""
     try:
-        job = node.store.retry(job_id, detail="retry requested by an admin")
+        job = node.store.admin.retry(job_id, detail="retry requested by an admin")
     except JobNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except JobConflict as exc:
@@ -149,7 +149,7 @@ def reprocess_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
             shutil.rmtree(folder)
 
     try:
-        job = node.store.reprocess(
+        job = node.store.admin.reprocess(
             job_id, before_commit=clear_outbox, detail="reprocess requested by an admin"
         )
     except JobNotFound as exc:

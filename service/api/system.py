@@ -64,21 +64,22 @@ def compute_stats(node: NodeState, window_s: float, *, now: float | None = None)
     until = time.time() if now is None else now
     since = until - window_s
     store = node.store
-    done_times = store.event_times(JobState.DONE, since=since)
+    done_times = store.reads.event_times(JobState.DONE, since=since)
     return StatsOut(
         window_s=window_s,
         since=since,
         until=until,
-        counts=store.counts(),
-        queue_depth=store.queue_depth(now=until),
-        received=len(store.event_times(JobState.RECEIVED, since=since)),
+        counts=store.reads.counts(),
+        queue_depth=store.queue.queue_depth(now=until),
+        received=len(store.reads.event_times(JobState.RECEIVED, since=since)),
         done=len(done_times),
-        failed=len(store.event_times(JobState.FAILED, since=since)),
-        skipped=len(store.event_times(JobState.SKIPPED, since=since)),
-        retries=len(store.event_times(JobState.RETRYING, since=since)),
+        failed=len(store.reads.event_times(JobState.FAILED, since=since)),
+        skipped=len(store.reads.event_times(JobState.SKIPPED, since=since)),
+        retries=len(store.reads.event_times(JobState.RETRYING, since=since)),
         images_per_minute=len(done_times) / (window_s / 60.0),
         latency=[
-            StageLatencyOut.of(x) for x in stage_latencies(store.finished_timings(since=since))
+            StageLatencyOut.of(x)
+            for x in stage_latencies(store.reads.finished_timings(since=since))
         ],
         throughput=Throughput(
             bucket_s=window_s / THROUGHPUT_BUCKETS,
@@ -104,7 +105,7 @@ def destination_list(node: NodeState) -> list[DestinationOut]:
             ae_title=d.ae_title,
             host=d.host,
             port=d.port,
-            delivered_jobs=node.store.delivered_count(d.name),
+            delivered_jobs=node.store.reads.delivered_count(d.name),
         )
         for d in node.settings.destination_list
     ]
@@ -187,7 +188,7 @@ def list_associations(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AssociationPage:
     """Who called the node, from where, when, how many instances, and how it ended."""
-    rows, total = node.store.associations(
+    rows, total = node.store.audit.list(
         since=since.timestamp() if since else None,
         until=until.timestamp() if until else None,
         calling_ae_title=calling_ae or None,
@@ -200,7 +201,7 @@ def list_associations(
         total=total,
         limit=limit,
         offset=offset,
-        counts=node.store.association_counts(),
+        counts=node.store.audit.counts(),
     )
 
 

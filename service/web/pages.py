@@ -99,7 +99,7 @@ def render(
 def _overview(node: NodeState, window: str) -> dict[str, Any]:
     window_s = WINDOWS.get(window, WINDOWS["1h"])
     stats = compute_stats(node, window_s)
-    failures, _ = node.store.find(JobFilter(states=[JobState.FAILED]), limit=8)
+    failures, _ = node.store.reads.find(JobFilter(states=[JobState.FAILED]), limit=8)
     return {
         "ready": readiness(node),
         "stats": stats,
@@ -111,7 +111,7 @@ def _overview(node: NodeState, window: str) -> dict[str, Any]:
         "latency": latency_chart(stats.latency),
         "total_latency": next(x for x in stats.latency if x.stage == "total"),
         "failures": [JobOut.of(j) for j in failures],
-        "upkeep": node.store.counters(),  # retention, duplicates, quarantine (service/retention.py)
+        "upkeep": node.store.reads.counters(),  # retention, duplicates, quarantine
     }
 
 
@@ -159,7 +159,7 @@ def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
         destination=params.get("destination") or None,
         calling_ae_title=params.get("calling_ae") or None,
     )
-    jobs, total = node.store.find(where, limit=PAGE_SIZE, offset=offset)
+    jobs, total = node.store.reads.find(where, limit=PAGE_SIZE, offset=offset)
     query = [(k, v) for k, v in params.multi_items() if k != "offset" and v]
 
     def page_link(to: int) -> str:
@@ -173,7 +173,7 @@ def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
         "filters": filters,
         "states": [s.value for s in JobState],
         "destinations": [d.name for d in node.settings.destination_list],
-        "counts": node.store.counts(),
+        "counts": node.store.reads.counts(),
         "fragment_url": "/fragments/jobs?" + urlencode(list(params.multi_items())),
         "previous_link": page_link(max(0, offset - PAGE_SIZE)) if offset > 0 else None,
         "next_link": page_link(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None,
@@ -222,7 +222,7 @@ def associations_page(
     request: Request, node: NodeDep, caller: PageDep, offset: int = 0
 ) -> Response:
     offset = max(0, offset)
-    rows, total = node.store.associations(limit=PAGE_SIZE, offset=offset)
+    rows, total = node.store.audit.list(limit=PAGE_SIZE, offset=offset)
     return render(
         request,
         "associations.html",
@@ -231,7 +231,7 @@ def associations_page(
         total=total,
         offset=offset,
         page_size=PAGE_SIZE,
-        counts=node.store.association_counts(),
+        counts=node.store.audit.counts(),
     )
 
 

@@ -93,10 +93,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )
     try:
         send(node, mammogram(seed=4))
-        failed = wait_for(lambda: next(iter(node.store.list(state=JobState.FAILED)), None), 60)
+        failed = wait_for(
+            lambda: next(iter(node.store.reads.list(state=JobState.FAILED)), None), 60
+        )
         peer.refuse = False
         send(node, mammogram(seed=5))
-        done = wait_for(lambda: next(iter(node.store.list(state=JobState.DONE)), None), 60)
+        done = wait_for(lambda: next(iter(node.store.reads.list(state=JobState.DONE)), None), 60)
         with live_server(node_state(node)) as server:
             yield Site(node, server, peer, failed, done, artifacts_dir())
     finally:

@@ -48,7 +48,7 @@ def add_job(
     now: float = 0,
     path: Path | None = None,
 ) -> int:
-    job_id, _ = store.add(
+    job_id, _ = store.queue.add(
         NewJob(
             sop_instance_uid=uid,
             sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
@@ -69,7 +69,7 @@ def failed_send(store: JobStore, outbox: Path, uid: str = "1.2.3.4") -> int:
     folder = outbox / str(job_id)
     folder.mkdir(parents=True)
     (folder / "seg.dcm").write_bytes(b"x")
-    store.update(
+    store.queue.update(
         job_id,
         state=JobState.FAILED,
         reason="gave up sending after 4 attempts: DEST unreachable",
@@ -135,14 +135,14 @@ def test_open_reads_still_refuse_a_wrong_token(tmp_path: Path) -> None:
 def test_actions_need_the_admin_token_and_change_nothing_without(client: TestClient) -> None:
     store = store_of(client)
     job_id = failed_send(store, client.app.state.node.settings.outbox_dir)  # type: ignore[attr-defined]
-    events = len(store.events(job_id))
+    events = len(store.reads.events(job_id))
     for headers in ({}, AS_VIEWER, {"Authorization": "Bearer wrong-token-xxxxxxx"}):
         for action in ("retry", "reprocess"):
             assert_problem(client.post(f"/api/v1/jobs/{job_id}/{action}", headers=headers), 401)
     assert_problem(client.post("/api/v1/destinations/DEST/echo", headers=AS_VIEWER), 401)
-    job = store.get(job_id)
+    job = store.reads.get(job_id)
     assert job is not None and job.state is JobState.FAILED
-    assert len(store.events(job_id)) == events
+    assert len(store.reads.events(job_id)) == events
     done = client.post(f"/api/v1/jobs/{job_id}/retry", headers=AS_ADMIN)
     assert done.status_code == 200 and done.json()["state"] == "RETRYING"
 
@@ -153,7 +153,7 @@ def test_without_an_admin_token_actions_are_disabled(tmp_path: Path) -> None:
     job_id = failed_send(store, client.app.state.node.settings.outbox_dir)  # type: ignore[attr-defined]
     body = assert_problem(client.post(f"/api/v1/jobs/{job_id}/retry", headers=AS_VIEWER), 401)
     assert "no admin_token" in body["detail"]
-    assert store.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
+    assert store.reads.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
 
 
 def test_a_browser_session_acts_only_with_the_script_header(client: TestClient) -> None:
@@ -169,7 +169,7 @@ def test_a_browser_session_acts_only_with_the_script_header(client: TestClient) 
     assert ADMIN not in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert client.get("/jobs").status_code == 200
     assert_problem(client.post(f"/api/v1/jobs/{job_id}/retry"), 403)
-    assert store.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
+    assert store.reads.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
     ok = client.post(f"/api/v1/jobs/{job_id}/retry", headers={"X-Requested-With": "mammoseg"})
     assert ok.status_code == 200
     client.post("/logout")
@@ -182,9 +182,9 @@ def test_jobs_filter_and_page(client: TestClient) -> None:
     a = add_job(store, "1.1", now=1_700_000_000)
     b = add_job(store, "1.2", caller="OTHER", now=1_700_000_100)
     c = add_job(store, "1.3", now=1_700_000_200)
-    store.update(a, state=JobState.DONE, delivered=["DEST@127.0.0.1:104"])
-    store.update(b, state=JobState.FAILED, reason="bad")
-    store.update(c, state=JobState.RETRYING, reason="down")
+    store.queue.update(a, state=JobState.DONE, delivered=["DEST@127.0.0.1:104"])
+    store.queue.update(b, state=JobState.FAILED, reason="bad")
+    store.queue.update(c, state=JobState.RETRYING, reason="down")
 
     def ids(**params: Any) -> list[int]:
         body = client.get("/api/v1/jobs", params=params, headers=AS_VIEWER).json()
@@ -204,15 +204,17 @@ def test_jobs_filter_and_page(client: TestClient) -> None:
 def test_job_detail_has_stages_reason_results_and_retries(client: TestClient) -> None:
     store = store_of(client)
     job_id = add_job(store, now=100.0)
-    store.claim([JobState.RECEIVED], JobState.PROCESSING, now=101.0)
-    store.update(
+    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, now=101.0)
+    store.queue.update(
         job_id,
         state=JobState.SENDING,
         timings={"decode_s": 0.5, "preprocess_s": 0.1, "infer_s": 0.4, "postprocess_build_s": 0.3},
         results={"uids": {"seg": "1.2.9", "sc": "1.2.10"}, "files": [], "lesion_pixels": 42},
     )
-    store.update(job_id, state=JobState.RETRYING, reason="DEST: no answer", attempts=1)
-    store.update(job_id, state=JobState.DONE, reason="", timings={"send_s": 0.2, "done_at": 110.0})
+    store.queue.update(job_id, state=JobState.RETRYING, reason="DEST: no answer", attempts=1)
+    store.queue.update(
+        job_id, state=JobState.DONE, reason="", timings={"send_s": 0.2, "done_at": 110.0}
+    )
     body = client.get(f"/api/v1/jobs/{job_id}", headers=AS_VIEWER).json()
     stages = {s["stage"]: s for s in body["stages"]}
     assert list(stages) == ["received", "decoded", "inferred", "built", "sent"]
@@ -237,7 +239,7 @@ def test_retry_and_reprocess_follow_the_state_rules(client: TestClient) -> None:
     assert_problem(client.post("/api/v1/jobs/999/retry", headers=AS_ADMIN), 404)
 
     bad_input = add_job(store, "1.2")
-    store.update(bad_input, state=JobState.FAILED, reason="cannot decode")
+    store.queue.update(bad_input, state=JobState.FAILED, reason="cannot decode")
     body = assert_problem(client.post(f"/api/v1/jobs/{bad_input}/retry", headers=AS_ADMIN), 409)
     assert "reprocess" in body["detail"]
     # The spool file is gone: reprocessing cannot work.
@@ -247,7 +249,7 @@ def test_retry_and_reprocess_follow_the_state_rules(client: TestClient) -> None:
     job_id, _ = job_with_file(client)
     folder = settings.outbox_dir / str(job_id)
     folder.mkdir(parents=True)
-    store.update(job_id, state=JobState.DONE, results={"files": [str(folder / "sc.dcm")]})
+    store.queue.update(job_id, state=JobState.DONE, results={"files": [str(folder / "sc.dcm")]})
     reprocessed = client.post(f"/api/v1/jobs/{job_id}/reprocess", headers=AS_ADMIN)
     assert reprocessed.status_code == 200, reprocessed.text
     assert reprocessed.json()["state"] == "RECEIVED" and reprocessed.json()["result_uids"] == {}
@@ -261,14 +263,14 @@ def test_stats_give_rates_and_percentiles(client: TestClient) -> None:
     now = time.time()
     for i, decode in enumerate([0.1, 0.2, 0.3, 0.4, 1.0]):
         job_id = add_job(store, f"1.{i + 1}", now=now - 100)
-        store.update(
+        store.queue.update(
             job_id,
             state=JobState.DONE,
             timings={"decode_s": decode, "done_at": now - 50},
             now=now - 50,
         )
     failed = add_job(store, "1.9", now=now - 10)
-    store.update(failed, state=JobState.FAILED, reason="x", now=now - 5)
+    store.queue.update(failed, state=JobState.FAILED, reason="x", now=now - 5)
     body = client.get("/api/v1/stats", params={"window_s": 600}, headers=AS_VIEWER).json()
     assert body["done"] == 5 and body["failed"] == 1 and body["received"] == 6
     assert body["images_per_minute"] == pytest.approx(0.5)
@@ -295,11 +297,11 @@ def test_metrics_for_prometheus(client: TestClient) -> None:
         '{stage="decoded"}',
     )
     job_id = add_job(store)
-    store.update(job_id, state=JobState.RETRYING, reason="down", next_attempt_at=0.0)
-    store.update(job_id, state=JobState.DONE, timings={"decode_s": 0.2, "done_at": 5.0})
+    store.queue.update(job_id, state=JobState.RETRYING, reason="down", next_attempt_at=0.0)
+    store.queue.update(job_id, state=JobState.DONE, timings={"decode_s": 0.2, "done_at": 5.0})
     add_job(store, "1.5")
-    store.association_opened("assoc-a", "PACS", "127.0.0.1")
-    store.association_closed("assoc-a", 2, "released")
+    store.audit.opened("assoc-a", "PACS", "127.0.0.1")
+    store.audit.closed("assoc-a", 2, "released")
     text = client.get("/metrics", headers=AS_VIEWER).text
     assert metric(text, "mammoseg_stage_seconds_count", '{stage="decoded"}') == first + 1
     assert metric(text, "mammoseg_jobs", '{state="DONE"}') == 1
@@ -343,9 +345,9 @@ def test_model_info(client: TestClient) -> None:
 
 def test_associations_listed(client: TestClient) -> None:
     store = store_of(client)
-    store.association_opened("assoc-a", "PACS", "127.0.0.1", now=1_700_000_000)
-    store.association_closed("assoc-a", 3, "released")
-    store.association_rejected("assoc-b", "EVIL", "127.0.0.2", now=1_700_000_100)
+    store.audit.opened("assoc-a", "PACS", "127.0.0.1", now=1_700_000_000)
+    store.audit.closed("assoc-a", 3, "released")
+    store.audit.rejected("assoc-b", "EVIL", "127.0.0.2", now=1_700_000_100)
     body = client.get("/api/v1/associations", headers=AS_VIEWER).json()
     assert [(a["calling_ae_title"], a["outcome"], a["instances"]) for a in body["items"]] == [
         ("EVIL", "rejected", 0),
@@ -402,7 +404,7 @@ def test_thumbnails(client: TestClient) -> None:
     assert_problem(client.get(f"/api/v1/jobs/{job_id}/images/overlay.png", headers=AS_VIEWER), 404)
     assert_problem(client.get(f"/api/v1/jobs/{job_id}/images/x.png", headers=AS_VIEWER), 422)
     burned, _ = job_with_file(client, seed=2)
-    path = store_of(client).get(burned).path  # type: ignore[union-attr]
+    path = store_of(client).reads.get(burned).path  # type: ignore[union-attr]
     from pydicom import dcmread
 
     marked = dcmread(path)

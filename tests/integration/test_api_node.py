@@ -54,14 +54,18 @@ def test_retry_a_failed_send_then_reprocess_with_workers_running(tmp_path: Path)
             client = TestClient(create_app(node_state(node)))
             send(node, mammogram(seed=4))
             failed = wait_for(
-                lambda: next(iter(node.store.list(state=JobState.FAILED)), None), timeout_s=60
+                lambda: next(iter(node.store.reads.list(state=JobState.FAILED)), None), timeout_s=60
             )
             assert "gave up sending" in failed.reason
             peer.refuse = False
             answer = client.post(f"/api/v1/jobs/{failed.id}/retry", headers=AS_ADMIN)
             assert answer.status_code == 200, answer.text
             done = wait_for(
-                lambda: j if (j := node.store.get(failed.id)) and j.state is JobState.DONE else None
+                lambda: (
+                    j
+                    if (j := node.store.reads.get(failed.id)) and j.state is JobState.DONE
+                    else None
+                )
             )
             first_uids = set(done.results["uids"].values())
             assert {ds.SOPInstanceUID for ds in peer.received} == first_uids
@@ -76,7 +80,7 @@ def test_retry_a_failed_send_then_reprocess_with_workers_running(tmp_path: Path)
             redone = wait_for(
                 lambda: (
                     j
-                    if (j := node.store.get(failed.id))
+                    if (j := node.store.reads.get(failed.id))
                     and j.state is JobState.DONE
                     and j.results.get("uids")
                     else None

@@ -49,7 +49,7 @@ def quiet_thread_deaths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def finished(node: Node, n: int) -> list[Any]:
-    jobs = [j for j in node.store.list(limit=100) if j.state.value in ("DONE", "FAILED")]
+    jobs = [j for j in node.store.reads.list(limit=100) if j.state.value in ("DONE", "FAILED")]
     return jobs if len(jobs) >= n else []
 
 
@@ -80,19 +80,19 @@ def test_a_poison_pill_is_quarantined_and_the_others_reach_done(
         wait_for(lambda: len(crashes) == 1)
     finally:
         node.stop(timeout_s=5)
-    lives.append(("life 1", len(crashes), node.store.counts()))
+    lives.append(("life 1", len(crashes), node.store.reads.counts()))
     for life in (2, 3, 4):
         node = make_node(tmp_path, destination.port)  # the restart
         try:
             if life < 4:
                 wait_for(lambda life=life: len(crashes) == life)  # claimed first, crashed again
-                lives.append((f"life {life}", len(crashes), node.store.counts()))
+                lives.append((f"life {life}", len(crashes), node.store.reads.counts()))
                 continue
             # Life 4: quarantined at start-up; the others go through, and the SCP takes more.
             late = synthetic_mammogram(seed=40, masses=[Mass(row=200, col=150, radius=30)])
             assert send(node, late) == Status.SUCCESS
             jobs = wait_for(lambda node=node: finished(node, 5))
-            lives.append((f"life {life}", len(crashes), node.store.counts()))
+            lives.append((f"life {life}", len(crashes), node.store.reads.counts()))
             sent = sum(len(j.results.get("files", [])) for j in jobs)
             wait_for(lambda sent=sent: len(destination.received) == sent)
         finally:
@@ -106,7 +106,7 @@ def test_a_poison_pill_is_quarantined_and_the_others_reach_done(
     assert bad.state is JobState.FAILED and bad.reason == "quarantined after 3 crashed attempts"
     assert len(crashes) == 3
     assert sorted(j.state.value for j in jobs if j.id != bad.id) == ["DONE"] * 4
-    assert node.store.counters()["quarantined"] == 1
+    assert node.store.reads.counters()["quarantined"] == 1
 
 
 def result_uids(received: list[Dataset]) -> set[str]:
@@ -130,12 +130,12 @@ def test_a_duplicate_send_after_done_gives_no_new_result_objects(
         assert job.results["uids"]["seg"] == expected
 
         assert send(node, source) == Status.SUCCESS  # the PACS sends it again
-        jobs_after_duplicate = len(node.store.list())
-        notes = [e.detail for e in node.store.events(job.id) if e.id < 0]
+        jobs_after_duplicate = len(node.store.reads.list())
+        notes = [e.detail for e in node.store.reads.events(job.id) if e.id < 0]
         received_after_duplicate = len(destination.received)
 
-        node.store.reprocess(job.id)  # the deliberate redo: new objects
-        wait_for(lambda: node.store.get(job.id).state is JobState.DONE)  # type: ignore[union-attr]
+        node.store.admin.reprocess(job.id)  # the deliberate redo: new objects
+        wait_for(lambda: node.store.reads.get(job.id).state is JobState.DONE)  # type: ignore[union-attr]
         wait_for(lambda: len(destination.received) == 6)
         redone = result_uids(destination.received) - first
 
@@ -146,7 +146,7 @@ def test_a_duplicate_send_after_done_gives_no_new_result_objects(
         second = next(j for j in wait_for(lambda: finished(node, 2)) if j.id != job.id)
         wait_for(lambda: len(destination.received) == 6 + len(second.results["files"]))
         third = result_uids(destination.received) - first - redone
-        jobs_total = len(node.store.list())
+        jobs_total = len(node.store.reads.list())
     finally:
         node.stop()
     print(
@@ -204,8 +204,8 @@ def test_retention_keeps_a_small_disk_in_steady_state(
                 # delivered. Waiting only for the queue to empty let SENDING jobs pile up
                 # (delivery is the slower stage here), and open jobs' files cannot go.
                 done = 20 * (batch + 1)
-                wait_for(lambda n=done: node.store.counts()["DONE"] >= n, timeout_s=180)
-            counters = node.store.counters()
+                wait_for(lambda n=done: node.store.reads.counts()["DONE"] >= n, timeout_s=180)
+            counters = node.store.reads.counters()
         finally:
             node.stop()
     finally:

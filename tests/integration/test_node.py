@@ -116,7 +116,8 @@ def test_image_goes_through_and_results_reference_the_source(
         assert send(node, source) == Status.SUCCESS
         job = wait_for(
             lambda: next(
-                (j for j in node.store.list() if j.state in (JobState.DONE, JobState.FAILED)), None
+                (j for j in node.store.reads.list() if j.state in (JobState.DONE, JobState.FAILED)),
+                None,
             )
         )
         assert job.state is JobState.DONE, job.reason
@@ -146,7 +147,7 @@ def test_destination_down_then_up_is_retried(tmp_path: Path) -> None:
     try:
         assert send(node, synthetic_mammogram(seed=4)) == Status.SUCCESS
         job = wait_for(
-            lambda: next((j for j in node.store.list() if j.state is JobState.DONE), None),
+            lambda: next((j for j in node.store.reads.list() if j.state is JobState.DONE), None),
             timeout_s=60,
         )
         assert job.attempts == 2
@@ -172,9 +173,13 @@ def test_skipped_and_failed_get_reasons(tmp_path: Path, destination: Destination
         assoc.release()
         jobs = wait_for(
             lambda: (
-                [j for j in node.store.list() if j.state in (JobState.SKIPPED, JobState.FAILED)]
-                if len(node.store.list(state=JobState.SKIPPED))
-                + len(node.store.list(state=JobState.FAILED))
+                [
+                    j
+                    for j in node.store.reads.list()
+                    if j.state in (JobState.SKIPPED, JobState.FAILED)
+                ]
+                if len(node.store.reads.list(state=JobState.SKIPPED))
+                + len(node.store.reads.list(state=JobState.FAILED))
                 == 2
                 else None
             )
@@ -210,7 +215,7 @@ def test_http_reports_jobs_and_readiness(tmp_path: Path, destination: Destinatio
         source = synthetic_mammogram(seed=8, masses=[Mass(row=256, col=170, radius=40)])
         send(node, source)
         job = wait_for(
-            lambda: next((j for j in node.store.list() if j.state is JobState.DONE), None)
+            lambda: next((j for j in node.store.reads.list() if j.state is JobState.DONE), None)
         )
         body = client.get(f"/api/v1/jobs/{job.id}").json()
         assert body["state"] == "DONE" and body["sop_instance_uid"] == source.SOPInstanceUID

@@ -138,7 +138,7 @@ def store(port: int, path: Path) -> int:
 def wait_for_done(node: Node, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        jobs = node.store.list()
+        jobs = node.store.reads.list()
         if jobs and jobs[0].state in (JobState.DONE, JobState.FAILED):
             assert jobs[0].state is JobState.DONE, jobs[0].reason
             return

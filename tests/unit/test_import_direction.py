@@ -206,6 +206,22 @@ def test_the_imaging_layer_imports_only_arrays_and_the_contract() -> None:
     assert problems == []
 
 
+#: The job store's roles (service/store/): each is changed on its own, so none imports another.
+STORE_ROLES = ("claims", "admin", "audit", "reads", "housekeeping")
+STORE_SHARED = ("service.db", "service.store.records", "service.store.sql")
+
+
+def test_the_store_roles_share_only_the_database_the_records_and_the_sql() -> None:
+    problems = [
+        f"service.store.{role} imports {name}"
+        for role in STORE_ROLES
+        for name in imported_modules(ROOT / "service" / "store" / f"{role}.py")
+        if within(name, "service") and not any(within(name, ok) for ok in STORE_SHARED)
+    ]
+    assert problems == []
+    assert (ROOT / "service" / "store" / "claims.py").exists()  # the list names real files
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports (function-level imports included)."""
     modules = project_modules()

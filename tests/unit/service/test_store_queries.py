@@ -38,8 +38,8 @@ def store(tmp_path: Path) -> JobStore:
 
 
 def failed_with_results(store: JobStore, uid: str = "1.9") -> int:
-    job_id, _ = store.add(new_job(uid))
-    store.update(
+    job_id, _ = store.queue.add(new_job(uid))
+    store.queue.update(
         job_id,
         state=JobState.FAILED,
         reason="gave up sending after 3 attempts: DEST unreachable",
@@ -51,38 +51,38 @@ def failed_with_results(store: JobStore, uid: str = "1.9") -> int:
 
 
 def test_filters_combine_and_count_the_total(store: JobStore) -> None:
-    a, _ = store.add(new_job("1.1"), now=100.0)
-    b, _ = store.add(new_job("1.2", caller="OTHER"), now=200.0)
-    c, _ = store.add(new_job("1.3"), now=300.0)
-    store.update(a, state=JobState.DONE, delivered=["DEST@127.0.0.1:104"])
-    store.update(b, state=JobState.FAILED, reason="bad pixels")
-    store.update(c, state=JobState.DONE, delivered=["DEST_2@127.0.0.1:105"])
+    a, _ = store.queue.add(new_job("1.1"), now=100.0)
+    b, _ = store.queue.add(new_job("1.2", caller="OTHER"), now=200.0)
+    c, _ = store.queue.add(new_job("1.3"), now=300.0)
+    store.queue.update(a, state=JobState.DONE, delivered=["DEST@127.0.0.1:104"])
+    store.queue.update(b, state=JobState.FAILED, reason="bad pixels")
+    store.queue.update(c, state=JobState.DONE, delivered=["DEST_2@127.0.0.1:105"])
 
-    jobs, total = store.find(JobFilter(states=[JobState.DONE]))
+    jobs, total = store.reads.find(JobFilter(states=[JobState.DONE]))
     assert [j.id for j in jobs] == [c, a] and total == 2
-    jobs, total = store.find(JobFilter(since=150.0, until=300.0))
+    jobs, total = store.reads.find(JobFilter(since=150.0, until=300.0))
     assert [j.id for j in jobs] == [b] and total == 1
-    jobs, _ = store.find(JobFilter(destination="DEST@127.0.0.1:104"))
+    jobs, _ = store.reads.find(JobFilter(destination="DEST@127.0.0.1:104"))
     assert [j.id for j in jobs] == [a]
     # LIKE wildcards in a name are literal: "_" does not match "E".
-    jobs, _ = store.find(JobFilter(destination="D_ST@127.0.0.1:104"))
+    jobs, _ = store.reads.find(JobFilter(destination="D_ST@127.0.0.1:104"))
     assert jobs == []
-    jobs, _ = store.find(JobFilter(calling_ae_title="OTHER"))
+    jobs, _ = store.reads.find(JobFilter(calling_ae_title="OTHER"))
     assert [j.id for j in jobs] == [b]
-    jobs, total = store.find(JobFilter(), limit=1, offset=1)
+    jobs, total = store.reads.find(JobFilter(), limit=1, offset=1)
     assert [j.id for j in jobs] == [b] and total == 3
-    assert store.delivered_count("DEST@127.0.0.1:104") == 1
+    assert store.reads.delivered_count("DEST@127.0.0.1:104") == 1
 
 
 def test_every_state_change_is_an_event(store: JobStore) -> None:
-    job_id, _ = store.add(new_job("1.1"), now=10.0)
-    store.claim([JobState.RECEIVED], JobState.PROCESSING, now=11.0)
-    store.update(job_id, state=JobState.SENDING, now=12.0)
-    store.update(job_id, state=JobState.RETRYING, reason="down", now=13.0)
-    store.update(job_id, delivered=["X@h:1"], now=13.5)  # no state: no event
-    store.claim([JobState.RETRYING], JobState.SENDING, now=14.0)
-    store.update(job_id, state=JobState.DONE, now=15.0)
-    events = store.events(job_id)
+    job_id, _ = store.queue.add(new_job("1.1"), now=10.0)
+    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, now=11.0)
+    store.queue.update(job_id, state=JobState.SENDING, now=12.0)
+    store.queue.update(job_id, state=JobState.RETRYING, reason="down", now=13.0)
+    store.queue.update(job_id, delivered=["X@h:1"], now=13.5)  # no state: no event
+    store.queue.claim([JobState.RETRYING], JobState.SENDING, now=14.0)
+    store.queue.update(job_id, state=JobState.DONE, now=15.0)
+    events = store.reads.events(job_id)
     assert [(e.state, e.at) for e in events] == [
         (JobState.RECEIVED, 10.0),
         (JobState.PROCESSING, 11.0),
@@ -92,59 +92,59 @@ def test_every_state_change_is_an_event(store: JobStore) -> None:
         (JobState.DONE, 15.0),
     ]
     assert events[3].detail == "down"
-    assert store.event_count(JobState.RETRYING, job_id=job_id) == 1
-    job = store.get(job_id)
+    assert store.reads.event_count(JobState.RETRYING, job_id=job_id) == 1
+    job = store.reads.get(job_id)
     assert job is not None and job.timings["processing_at"] == 11.0
     assert job.timings["sending_at"] == 14.0
-    assert store.event_times(JobState.DONE, since=14.0) == [15.0]
-    assert store.event_times(JobState.DONE, since=15.5) == []
+    assert store.reads.event_times(JobState.DONE, since=14.0) == [15.0]
+    assert store.reads.event_times(JobState.DONE, since=15.5) == []
 
 
 def test_finished_timings_and_metrics_cursor(store: JobStore) -> None:
-    start = store.last_event_id()
-    a, _ = store.add(new_job("1.1"), now=1.0)
-    store.update(a, state=JobState.DONE, timings={"decode_s": 0.5}, now=2.0)
-    b, _ = store.add(new_job("1.2"), now=3.0)
-    store.update(b, state=JobState.DONE, timings={"decode_s": 0.7}, now=4.0)
-    assert [t["decode_s"] for t in store.finished_timings(since=3.5)] == [0.7]
-    first = store.finished_after(start, limit=1)
+    start = store.reads.last_event_id()
+    a, _ = store.queue.add(new_job("1.1"), now=1.0)
+    store.queue.update(a, state=JobState.DONE, timings={"decode_s": 0.5}, now=2.0)
+    b, _ = store.queue.add(new_job("1.2"), now=3.0)
+    store.queue.update(b, state=JobState.DONE, timings={"decode_s": 0.7}, now=4.0)
+    assert [t["decode_s"] for t in store.reads.finished_timings(since=3.5)] == [0.7]
+    first = store.reads.finished_after(start, limit=1)
     assert [t["decode_s"] for _, t in first] == [0.5]
-    rest = store.finished_after(first[0][0])
+    rest = store.reads.finished_after(first[0][0])
     assert [t["decode_s"] for _, t in rest] == [0.7]
-    assert store.finished_after(rest[-1][0]) == []
+    assert store.reads.finished_after(rest[-1][0]) == []
 
 
 def test_queue_depth_counts_received_and_due_retries(store: JobStore) -> None:
-    store.add(new_job("1.1"))
-    due, _ = store.add(new_job("1.2"))
-    later, _ = store.add(new_job("1.3"))
-    store.update(due, state=JobState.RETRYING, next_attempt_at=100.0)
-    store.update(later, state=JobState.RETRYING, next_attempt_at=500.0)
-    assert store.queue_depth(now=200.0) == 2
+    store.queue.add(new_job("1.1"))
+    due, _ = store.queue.add(new_job("1.2"))
+    later, _ = store.queue.add(new_job("1.3"))
+    store.queue.update(due, state=JobState.RETRYING, next_attempt_at=100.0)
+    store.queue.update(later, state=JobState.RETRYING, next_attempt_at=500.0)
+    assert store.queue.queue_depth(now=200.0) == 2
 
 
 def test_retry_failed_job_makes_it_due_now(store: JobStore) -> None:
     job_id = failed_with_results(store)
-    job = store.retry(job_id, now=1000.0)
+    job = store.admin.retry(job_id, now=1000.0)
     assert job.state is JobState.RETRYING
     assert job.next_attempt_at == 1000.0 and job.first_send_failure_at is None
     assert job.attempts == 3
-    assert store.claim([JobState.RETRYING], JobState.SENDING, now=1000.0) is not None
-    assert store.events(job_id)[-2].detail == "retry requested"
+    assert store.queue.claim([JobState.RETRYING], JobState.SENDING, now=1000.0) is not None
+    assert store.reads.events(job_id)[-2].detail == "retry requested"
 
 
 def test_retry_refuses_jobs_without_results_or_in_other_states(store: JobStore) -> None:
-    bad_input, _ = store.add(new_job("1.1"))
-    store.update(bad_input, state=JobState.FAILED, reason="cannot decode")
+    bad_input, _ = store.queue.add(new_job("1.1"))
+    store.queue.update(bad_input, state=JobState.FAILED, reason="cannot decode")
     with pytest.raises(JobConflict, match="no results"):
-        store.retry(bad_input)
-    done, _ = store.add(new_job("1.2"))
-    store.update(done, state=JobState.DONE)
+        store.admin.retry(bad_input)
+    done, _ = store.queue.add(new_job("1.2"))
+    store.queue.update(done, state=JobState.DONE)
     with pytest.raises(JobConflict, match="DONE"):
-        store.retry(done)
+        store.admin.retry(done)
     with pytest.raises(JobNotFound):
-        store.retry(9999)
-    assert store.get(bad_input).state is JobState.FAILED  # type: ignore[union-attr]
+        store.admin.retry(9999)
+    assert store.reads.get(bad_input).state is JobState.FAILED  # type: ignore[union-attr]
 
 
 def test_reprocess_resets_the_job_and_runs_the_hook_inside(store: JobStore) -> None:
@@ -157,7 +157,7 @@ def test_reprocess_resets_the_job_and_runs_the_hook_inside(store: JobStore) -> N
         seen.append(JobState(other.execute("SELECT state FROM jobs").fetchone()[0]))
         other.close()
 
-    job = store.reprocess(job_id, before_commit=hook, now=500.0)
+    job = store.admin.reprocess(job_id, before_commit=hook, now=500.0)
     assert seen == [JobState.FAILED]
     assert job.state is JobState.RECEIVED
     assert (job.results, job.delivered, job.attempts, job.reason) == ({}, [], 0, "")
@@ -172,19 +172,19 @@ def test_reprocess_hook_failure_changes_nothing(store: JobStore) -> None:
         raise JobConflict("spool file gone")
 
     with pytest.raises(JobConflict, match="spool file gone"):
-        store.reprocess(job_id, before_commit=refuse)
-    assert store.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
+        store.admin.reprocess(job_id, before_commit=refuse)
+    assert store.reads.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
 
 
 def test_reprocess_refuses_open_jobs_and_duplicates(store: JobStore) -> None:
-    open_id, _ = store.add(new_job("1.1"))
+    open_id, _ = store.queue.add(new_job("1.1"))
     with pytest.raises(JobConflict, match="RECEIVED"):
-        store.reprocess(open_id)
-    store.update(open_id, state=JobState.DONE)
-    again, created = store.add(new_job("1.1"))  # the PACS sent it again
+        store.admin.reprocess(open_id)
+    store.queue.update(open_id, state=JobState.DONE)
+    again, created = store.queue.add(new_job("1.1"))  # the PACS sent it again
     assert created
     with pytest.raises(JobConflict, match=f"job {again}"):
-        store.reprocess(open_id)
+        store.admin.reprocess(open_id)
 
 
 def test_retry_races_with_workers_without_double_claims(store: JobStore) -> None:
@@ -197,17 +197,17 @@ def test_retry_races_with_workers_without_double_claims(store: JobStore) -> None
 
     def worker() -> None:
         while not stop.is_set():
-            job = store.claim([JobState.RETRYING], JobState.SENDING)
+            job = store.queue.claim([JobState.RETRYING], JobState.SENDING)
             if job is not None:
                 with lock:
                     claimed.append(job.id)
 
     def admin() -> None:
         for job_id in ids:
-            store.retry(job_id)
+            store.admin.retry(job_id)
         for job_id in ids:  # a second press: RETRYING again or already SENDING
             try:
-                store.retry(job_id)
+                store.admin.retry(job_id)
             except JobConflict:
                 conflicts.append(job_id)
 
@@ -224,26 +224,26 @@ def test_retry_races_with_workers_without_double_claims(store: JobStore) -> None
         t.join()
     # A second press either found the job still RETRYING (no extra send) or SENDING (409).
     assert sorted(claimed) == sorted(ids)
-    assert all(store.get(i).state is JobState.SENDING for i in ids)  # type: ignore[union-attr]
+    assert all(store.reads.get(i).state is JobState.SENDING for i in ids)  # type: ignore[union-attr]
 
 
 def test_association_audit(store: JobStore) -> None:
-    store.association_opened("assoc-a", "PACS", "127.0.0.1", now=10.0)
-    store.association_rejected("assoc-b", "EVIL", "10.0.0.9", now=11.0)
-    store.association_closed("assoc-a", 3, "released", now=12.0)
-    store.association_closed("assoc-unknown", 1, "aborted")  # nothing open: ignored
-    rows, total = store.associations()
+    store.audit.opened("assoc-a", "PACS", "127.0.0.1", now=10.0)
+    store.audit.rejected("assoc-b", "EVIL", "10.0.0.9", now=11.0)
+    store.audit.closed("assoc-a", 3, "released", now=12.0)
+    store.audit.closed("assoc-unknown", 1, "aborted")  # nothing open: ignored
+    rows, total = store.audit.list()
     assert total == 2
     assert [(r.calling_ae_title, r.outcome, r.instances) for r in rows] == [
         ("EVIL", "rejected", 0),
         ("PACS", "released", 3),
     ]
     assert rows[1].started_at == 10.0 and rows[1].ended_at == 12.0
-    only, total = store.associations(outcome="released", since=5.0, until=11.0)
+    only, total = store.audit.list(outcome="released", since=5.0, until=11.0)
     assert [r.association_id for r in only] == ["assoc-a"] and total == 1
-    assert store.association_counts() == {"open": 0, "released": 1, "aborted": 0, "rejected": 1}
+    assert store.audit.counts() == {"open": 0, "released": 1, "aborted": 0, "rejected": 1}
     with pytest.raises(ValueError, match="outcome"):
-        store.association_closed("assoc-a", 1, "exploded")
+        store.audit.closed("assoc-a", 1, "exploded")
 
 
 def test_a_store_from_before_migrations_is_adopted(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ def test_a_store_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     assert check.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
     tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "schema_version" not in tables and {"job_events", "associations"} <= tables
-    assert store.get(1).sop_instance_uid == "1.2.3"  # type: ignore[union-attr]
-    store.association_opened("assoc-a", "PACS", "127.0.0.1")
-    assert store.associations()[1] == 1
+    assert store.reads.get(1).sop_instance_uid == "1.2.3"  # type: ignore[union-attr]
+    store.audit.opened("assoc-a", "PACS", "127.0.0.1")
+    assert store.audit.list()[1] == 1
     assert store.is_writable()

@@ -31,7 +31,7 @@ def context(store: JobStore, heartbeat: Heartbeat | None = None) -> WorkerContex
 
 
 def sending_job(store: JobStore, files: list[Path]) -> int:
-    job_id, _ = store.add(
+    job_id, _ = store.queue.add(
         NewJob(
             sop_instance_uid="1.2.3",
             sop_class_uid="1",
@@ -43,8 +43,8 @@ def sending_job(store: JobStore, files: list[Path]) -> int:
             path="/spool/1.2.3.dcm",
         )
     )
-    store.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
-    store.update(job_id, state=JobState.SENDING, results={"files": [str(p) for p in files]})
+    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
+    store.queue.update(job_id, state=JobState.SENDING, results={"files": [str(p) for p in files]})
     return job_id
 
 
@@ -59,8 +59,8 @@ def test_an_unreadable_outbox_file_fails_the_job_instead_of_leaving_it_sending(
     garbage = tmp_path / "seg.dcm"
     garbage.write_bytes(b"not a DICOM file at all" * 10)
     job_id = sending_job(store, [garbage])
-    deliver(context(store), store.get(job_id))  # type: ignore[arg-type]
-    job = store.get(job_id)
+    deliver(context(store), store.reads.get(job_id))  # type: ignore[arg-type]
+    job = store.reads.get(job_id)
     assert job is not None
     print(f"\n{job.state.value}: {job.reason}")
     assert job.state is JobState.FAILED and "unreadable" in job.reason
@@ -75,15 +75,15 @@ def test_an_unexpected_error_while_sending_fails_the_job(
         raise ValueError("a bug in the send path")
 
     monkeypatch.setattr(worker, "send_files", broken)
-    deliver(context(store), store.get(job_id))  # type: ignore[arg-type]
-    job = store.get(job_id)
+    deliver(context(store), store.reads.get(job_id))  # type: ignore[arg-type]
+    job = store.reads.get(job_id)
     assert job is not None and job.state is JobState.FAILED
     assert job.reason == "internal error while sending: ValueError: a bug in the send path"
 
 
 def test_the_heartbeat_thread_refreshes_the_claims_it_holds(store: JobStore) -> None:
     job_id = sending_job(store, [])
-    before = store.get(job_id).heartbeat_at  # type: ignore[union-attr]
+    before = store.reads.get(job_id).heartbeat_at  # type: ignore[union-attr]
     stop = threading.Event()
     beat = Heartbeat(store, "w1", 0.02, stop)
     beat.hold(job_id)
@@ -94,7 +94,7 @@ def test_the_heartbeat_thread_refreshes_the_claims_it_holds(store: JobStore) -> 
     beat.release(job_id)
     stop.set()
     beat.join()
-    after = store.get(job_id).heartbeat_at  # type: ignore[union-attr]
+    after = store.reads.get(job_id).heartbeat_at  # type: ignore[union-attr]
     print(f"\n{beat.beats} beats; heartbeat_at moved by {after - before:.3f} s")  # type: ignore[operator]
     assert after is not None and before is not None and after > before
     assert beat.held() == []

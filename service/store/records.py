@@ -1,0 +1,173 @@
+"""What the job store keeps and hands out: states, jobs, events, associations, errors.
+
+Plain values, no SQL; the role modules beside this one (service/store/) read and
+write them. A job's life is drawn in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from service.db import Row
+
+
+class StoreError(Exception):
+    """The job store cannot be used (open, write or schema problems)."""
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows the requested transition (the message says why)."""
+
+
+class JobState(StrEnum):
+    RECEIVED = "RECEIVED"
+    PROCESSING = "PROCESSING"
+    SENDING = "SENDING"
+    RETRYING = "RETRYING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
+OPEN = tuple(s for s in JobState if s not in TERMINAL)
+#: The reason of a quarantined job starts with this (FAILED, never claimed again).
+QUARANTINE_REASON = "quarantined after {n} crashed attempts"
+QUARANTINE_PREFIX = "quarantined after "
+#: What ``JobQueue.admit`` (service/store/claims.py) did with a received instance.
+Outcome = Literal["created", "open", "duplicate"]
+#: States from which an administrator may ask for the results to be sent again now.
+RETRYABLE = frozenset({JobState.FAILED, JobState.RETRYING})
+
+
+@dataclass(frozen=True)
+class NewJob:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae_title: str
+    association_id: str
+    path: str
+    content_hash: str = ""  # SHA-256 of the dataset (file meta excluded); "" when unknown
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``JobQueue.admit`` did: a new job, the open one, or a duplicate ignored.
+
+    ``files_purged``: the job it names has had its files deleted by retention
+    (a duplicate's fresh spool file then belongs to no job).
+    """
+
+    job_id: int
+    outcome: Outcome
+    files_purged: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae_title: str
+    association_id: str
+    path: str
+    state: JobState
+    reason: str
+    attempts: int
+    next_attempt_at: float | None
+    first_send_failure_at: float | None
+    created_at: float
+    updated_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    delivered: list[str] = field(default_factory=list)
+    owner: str = ""  # the worker process holding a PROCESSING/SENDING job
+    crashes: int = 0  # claims taken back unfinished (the process died meanwhile)
+    heartbeat_at: float | None = None  # the holder's last sign of life
+    content_hash: str = ""
+    generation: int = 0  # times it was reprocessed (keys the result UIDs)
+    purged_at: float | None = None  # when retention deleted its files
+
+    @property
+    def quarantined(self) -> bool:
+        return self.state is JobState.FAILED and self.reason.startswith(QUARANTINE_PREFIX)
+
+    @property
+    def result_key(self) -> str:
+        """What, besides the source UID and the model, keys this job's result UIDs."""
+        return f"{self.content_hash}/{self.generation}"
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing wants; every part is optional and they combine with AND.
+
+    ``since``/``until`` bound the time the job was received (``created_at``,
+    half-open: since <= t < until). ``destination`` keeps jobs whose results
+    were delivered to that destination (``AET@HOST:PORT``).
+    """
+
+    states: Sequence[JobState] = ()
+    since: float | None = None
+    until: float | None = None
+    destination: str | None = None
+    calling_ae_title: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One state change of a job (``detail`` says who or why, e.g. a retry request)."""
+
+    id: int
+    job_id: int
+    at: float
+    state: JobState
+    detail: str
+
+
+@dataclass(frozen=True)
+class Association:
+    """One DICOM association as the audit sees it (no patient data)."""
+
+    id: int
+    association_id: str
+    calling_ae_title: str
+    address: str
+    started_at: float
+    ended_at: float | None
+    instances: int
+    outcome: str  # open, released, aborted, rejected
+
+
+#: Outcomes of an association in the audit table.
+ASSOCIATION_OUTCOMES = ("open", "released", "aborted", "rejected")
+
+
+# The schema lives in Alembic migrations: service/migrations/versions/.
+_JSON_COLUMNS = ("timings", "results", "delivered")
+
+
+def row_to_job(row: Row) -> Job:
+    values = dict(row)
+    for column in _JSON_COLUMNS:
+        values[column] = json.loads(values[column])
+    values["state"] = JobState(values["state"])
+    return Job(**values)
+
+
+def row_to_association(row: Row) -> Association:
+    return Association(**dict(row))

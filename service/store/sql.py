@@ -1,0 +1,84 @@
+"""SQL the store's roles share: events, notes, counters, one job, the listing filter.
+
+Each takes the borrowed connection of the caller's transaction
+(``service.db.Pool.write`` or ``read``), so it commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.db import Connection
+from service.store.records import Job, JobFilter, JobState, row_to_job
+
+
+def count(conn: Connection, query: str, params: Mapping[str, Any] | None = None) -> int:
+    """The single number a COUNT or MAX query answers (0 for NULL)."""
+    row = conn.execute(query, params).fetchone()
+    return int(row[0] or 0) if row is not None else 0
+
+
+def get_job(conn: Connection, job_id: int) -> Job | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
+    return None if row is None else row_to_job(row)
+
+
+def add_event(conn: Connection, job_id: int, state: JobState, at: float, detail: str = "") -> None:
+    """One state change of a job, in ``job_events`` (throughput and retries come from these)."""
+    conn.execute(
+        "INSERT INTO job_events (job_id, at, state, detail) VALUES (:job, :at, :state, :detail)",
+        {"job": job_id, "at": at, "state": state.value, "detail": detail},
+    )
+
+
+def add_note(conn: Connection, job_id: int, state: JobState, at: float, detail: str) -> None:
+    """Something that happened to a job without a state change (not counted as one)."""
+    conn.execute(
+        "INSERT INTO job_notes (job_id, at, state, detail) VALUES (:job, :at, :state, :detail)",
+        {"job": job_id, "at": at, "state": state.value, "detail": detail},
+    )
+
+
+def add_counters(conn: Connection, amounts: Mapping[str, int]) -> None:
+    """Add to running totals (created at zero); they outlive the rows retention deletes."""
+    for name, amount in amounts.items():
+        if amount:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (:name, :amount) "
+                "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+                {"name": name, "amount": int(amount)},
+            )
+
+
+def read_counters(conn: Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT name, value FROM counters").fetchall()
+    return {str(r["name"]): int(r["value"]) for r in rows}
+
+
+def like_escaped(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern with ``ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def filter_sql(where: JobFilter) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (or "") and its parameters for a job listing."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if where.states:
+        clauses.append("state IN :f_states")
+        params["f_states"] = [JobState(s).value for s in where.states]
+    if where.since is not None:
+        clauses.append("created_at >= :f_since")
+        params["f_since"] = where.since
+    if where.until is not None:
+        clauses.append("created_at < :f_until")
+        params["f_until"] = where.until
+    if where.destination:
+        # delivered is a JSON list of names: match the quoted name as a whole.
+        clauses.append("delivered LIKE :f_destination ESCAPE '\\'")
+        params["f_destination"] = f'%"{like_escaped(where.destination)}"%'
+    if where.calling_ae_title:
+        clauses.append("calling_ae_title = :f_calling")
+        params["f_calling"] = where.calling_ae_title
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
