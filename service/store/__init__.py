@@ -108,10 +108,6 @@ class JobStore:
         self.housekeeping = Housekeeping(self.pool)
 
     @property
-    def quarantine_after(self) -> int:
-        return self.queue.quarantine_after
-
-    @property
     def path(self) -> Path:
         """The SQLite file, or for PostgreSQL the URL without its password."""
         if self.backend.dialect == "sqlite":

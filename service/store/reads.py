@@ -29,9 +29,14 @@ class JobReads:
     def list(
         self, *, state: JobState | None = None, limit: int = 50, offset: int = 0
     ) -> builtins.list[Job]:
-        """Newest first, optionally in one state."""
-        jobs, _ = self.find(JobFilter(states=(state,) if state else ()), limit=limit, offset=offset)
-        return jobs
+        """Newest first, optionally in one state (``find`` without its total)."""
+        sql, params = filter_sql(JobFilter(states=(state,) if state else ()))
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM jobs{sql} ORDER BY id DESC LIMIT :limit OFFSET :offset",
+                {**params, "limit": limit, "offset": offset},
+            ).fetchall()
+        return [row_to_job(row) for row in rows]
 
     def find(
         self, where: JobFilter, *, limit: int = 50, offset: int = 0
