@@ -1,16 +1,38 @@
 """What the REST API answers (pydantic at the edge). No patient data unless allowed.
 
-Times are seconds since the epoch (UTC), durations are seconds.
+Absolute times are ISO 8601 UTC timestamps ("2026-12-06T20:15:03.123456Z", the form
+the ``since``/``until`` query parameters take), durations are seconds (numbers). The
+one exception is ``JobOut.timings``: raw epoch seconds and durations, as stored.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from typing import Any, overload
 
 from pydantic import BaseModel, Field
 
 from service.stats import ALL_STAGES, StageLatency, stage_durations, stage_end_times
 from service.store import Association, Job, JobEvent, JobState
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@overload
+def utc(ts: float) -> datetime: ...
+@overload
+def utc(ts: None) -> None: ...
+def utc(ts: float | None) -> datetime | None:
+    """The store's epoch seconds as an aware UTC datetime (None stays None).
+
+    Cut down to the microsecond, not rounded, so that a time read back from the API
+    and passed as ``since`` still includes the job, and as ``until`` excludes it.
+    """
+    if ts is None:
+        return None
+    return _EPOCH + timedelta(microseconds=math.floor(Fraction(ts) * 1_000_000))
 
 
 class JobOut(BaseModel):
@@ -24,17 +46,19 @@ class JobOut(BaseModel):
     transfer_syntax_uid: str
     calling_ae_title: str
     attempts: int = Field(description="Failed delivery attempts so far")
-    next_attempt_at: float | None
-    created_at: float
-    updated_at: float
-    timings: dict[str, float] = Field(description="Raw timestamps (*_at) and durations (*_s)")
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    timings: dict[str, float] = Field(
+        description="Raw epoch seconds (*_at) and durations (*_s), as stored"
+    )
     result_uids: dict[str, str] = Field(description="Kind of result (seg, sc, ...) -> SOP UID")
     lesion_pixels: int | None
     delivered_to: list[str]
     crashes: int = Field(
         default=0, description="Processing attempts cut short by the process dying (quarantine)"
     )
-    files_deleted_at: float | None = Field(
+    files_deleted_at: datetime | None = Field(
         default=None, description="When retention deleted the job's spool and outbox files"
     )
 
@@ -51,15 +75,15 @@ class JobOut(BaseModel):
             transfer_syntax_uid=job.transfer_syntax_uid,
             calling_ae_title=job.calling_ae_title,
             attempts=job.attempts,
-            next_attempt_at=job.next_attempt_at,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
+            next_attempt_at=utc(job.next_attempt_at),
+            created_at=utc(job.created_at),
+            updated_at=utc(job.updated_at),
             timings=job.timings,
             result_uids=job.results.get("uids", {}),
             lesion_pixels=job.results.get("lesion_pixels"),
             delivered_to=job.delivered,
             crashes=job.crashes,
-            files_deleted_at=job.purged_at,
+            files_deleted_at=utc(job.purged_at),
         )
 
 
@@ -74,17 +98,17 @@ class JobPage(BaseModel):
 class StageOut(BaseModel):
     stage: str = Field(description="received (queue wait), decoded, inferred, built, sent")
     seconds: float | None
-    ended_at: float | None
+    ended_at: datetime | None
 
 
 class EventOut(BaseModel):
-    at: float
+    at: datetime
     state: JobState
     detail: str
 
     @classmethod
     def of(cls, event: JobEvent) -> EventOut:
-        return cls(at=event.at, state=event.state, detail=event.detail)
+        return cls(at=utc(event.at), state=event.state, detail=event.detail)
 
 
 class PatientOut(BaseModel):
@@ -115,7 +139,7 @@ class JobDetail(JobOut):
         return cls(
             **JobOut.of(job).model_dump(),
             stages=[
-                StageOut(stage=s, seconds=durations.get(s), ended_at=ends.get(s))
+                StageOut(stage=s, seconds=durations.get(s), ended_at=utc(ends.get(s)))
                 for s in ALL_STAGES
                 if s != "total"
             ],
@@ -146,8 +170,8 @@ class Throughput(BaseModel):
 
 class StatsOut(BaseModel):
     window_s: float
-    since: float
-    until: float
+    since: datetime
+    until: datetime
     counts: dict[str, int] = Field(description="All jobs per state now")
     queue_depth: int
     received: int = Field(description="Jobs received in the window")
@@ -181,14 +205,23 @@ class AssociationOut(BaseModel):
     association_id: str
     calling_ae_title: str
     address: str
-    started_at: float
-    ended_at: float | None
+    started_at: datetime
+    ended_at: datetime | None
     instances: int
     outcome: str
 
     @classmethod
     def of(cls, row: Association) -> AssociationOut:
-        return cls(**row.__dict__)
+        return cls(
+            id=row.id,
+            association_id=row.association_id,
+            calling_ae_title=row.calling_ae_title,
+            address=row.address,
+            started_at=utc(row.started_at),
+            ended_at=utc(row.ended_at),
+            instances=row.instances,
+            outcome=row.outcome,
+        )
 
 
 class AssociationPage(BaseModel):

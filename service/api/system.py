@@ -23,6 +23,7 @@ from service.api.schemas import (
     StageLatencyOut,
     StatsOut,
     Throughput,
+    utc,
 )
 from service.segmentation import LesionRules
 from service.stats import per_bucket, stage_latencies
@@ -67,8 +68,8 @@ def compute_stats(node: NodeState, window_s: float, *, now: float | None = None)
     done_times = store.reads.event_times(JobState.DONE, since=since)
     return StatsOut(
         window_s=window_s,
-        since=since,
-        until=until,
+        since=utc(since),
+        until=utc(until),
         counts=store.reads.counts(),
         queue_depth=store.queue.queue_depth(now=until),
         received=len(store.reads.event_times(JobState.RECEIVED, since=since)),

@@ -43,9 +43,11 @@ class LoginRequired(Exception):
     """A page was asked for without read access: the browser goes to /login."""
 
 
-def _when(epoch: float | None) -> str:
-    if epoch is None:
+def _when(moment: datetime | float | None) -> str:
+    """The server's local time of an API time (datetime) or a store record's (epoch)."""
+    if moment is None:
         return ""
+    epoch = moment.timestamp() if isinstance(moment, datetime) else moment
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
@@ -106,7 +108,7 @@ def _overview(node: NodeState, window: str) -> dict[str, Any]:
         "window": window if window in WINDOWS else "1h",
         "windows": list(WINDOWS),
         "throughput": throughput_chart(
-            stats.throughput.done, bucket_s=stats.throughput.bucket_s, until=stats.until
+            stats.throughput.done, bucket_s=stats.throughput.bucket_s, until=stats.until.timestamp()
         ),
         "latency": latency_chart(stats.latency),
         "total_latency": next(x for x in stats.latency if x.stage == "total"),

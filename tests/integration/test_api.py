@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,53 @@ def test_jobs_filter_and_page(client: TestClient) -> None:
     assert_problem(client.get("/api/v1/jobs", params={"state": "NOPE"}, headers=AS_VIEWER), 422)
 
 
+def test_times_are_iso_8601_utc_and_round_trip_as_since_and_until(client: TestClient) -> None:
+    store = store_of(client)
+    # Not on a microsecond: the API must not round it up past the stored time.
+    job_id = add_job(store, now=1_765_052_103.1234567)
+    item = client.get("/api/v1/jobs", headers=AS_VIEWER).json()["items"][0]
+    created = item["created_at"]
+    assert isinstance(created, str) and created.endswith("Z"), created
+    moment = datetime.fromisoformat(created)
+    assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0
+    assert moment == datetime(2025, 12, 6, 20, 15, 3, 123456, tzinfo=UTC)
+    assert isinstance(item["timings"]["received_at"], float)  # raw epoch seconds, as stored
+
+    def ids(**params: str) -> list[int]:
+        page = client.get("/api/v1/jobs", params=params, headers=AS_VIEWER).json()
+        return [i["id"] for i in page["items"]]
+
+    assert ids(since=created) == [job_id]
+    assert ids(until=created) == []
+    detail = client.get(f"/api/v1/jobs/{job_id}", headers=AS_VIEWER).json()
+    assert detail["created_at"] == created and detail["events"][0]["at"] == created
+    stats = client.get("/api/v1/stats", headers=AS_VIEWER).json()
+    assert datetime.fromisoformat(stats["until"]) > datetime.fromisoformat(stats["since"])
+    assert stats["window_s"] == 3600
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["JobOut"]["properties"]["created_at"] == {
+        "type": "string",
+        "format": "date-time",
+        "title": "Created At",
+    }
+    for model, field in [
+        ("JobOut", "next_attempt_at"),
+        ("JobOut", "updated_at"),
+        ("JobOut", "files_deleted_at"),
+        ("EventOut", "at"),
+        ("StageOut", "ended_at"),
+        ("StatsOut", "since"),
+        ("StatsOut", "until"),
+        ("AssociationOut", "started_at"),
+        ("AssociationOut", "ended_at"),
+    ]:
+        prop = schemas[model]["properties"][field]
+        formats = [prop.get("format")] + [x.get("format") for x in prop.get("anyOf", [])]
+        assert "date-time" in formats, (model, field, prop)
+    assert schemas["StatsOut"]["properties"]["window_s"]["type"] == "number"
+
+
 def test_job_detail_has_stages_reason_results_and_retries(client: TestClient) -> None:
     store = store_of(client)
     job_id = add_job(store, now=100.0)
@@ -220,7 +268,7 @@ def test_job_detail_has_stages_reason_results_and_retries(client: TestClient) ->
     assert list(stages) == ["received", "decoded", "inferred", "built", "sent"]
     assert stages["received"]["seconds"] == pytest.approx(1.0)
     assert stages["inferred"]["seconds"] == pytest.approx(0.5)
-    assert stages["inferred"]["ended_at"] == pytest.approx(102.0)
+    assert stages["inferred"]["ended_at"] == "1970-01-01T00:01:42Z"
     assert stages["sent"]["seconds"] == pytest.approx(0.2)
     assert body["total_s"] == pytest.approx(10.0)
     assert body["retries"] == 1 and body["attempts"] == 1
@@ -353,6 +401,13 @@ def test_associations_listed(client: TestClient) -> None:
         ("EVIL", "rejected", 0),
         ("PACS", "released", 3),
     ]
+    assert body["items"][1]["started_at"] == "2023-11-14T22:13:20Z"
+    only_since = client.get(
+        "/api/v1/associations",
+        params={"since": body["items"][0]["started_at"]},
+        headers=AS_VIEWER,
+    ).json()
+    assert [a["calling_ae_title"] for a in only_since["items"]] == ["EVIL"]
     only = client.get(
         "/api/v1/associations", params={"outcome": "rejected"}, headers=AS_VIEWER
     ).json()

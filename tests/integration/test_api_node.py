@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -43,7 +44,10 @@ def test_associations_are_audited(tmp_path: Path) -> None:
     assert rows["released"]["calling_ae_title"] == "PACS"
     assert rows["released"]["instances"] == 2
     assert rows["released"]["address"] == "127.0.0.1"
-    assert rows["released"]["ended_at"] >= rows["released"]["started_at"]
+    released = rows["released"]
+    assert datetime.fromisoformat(released["ended_at"]) >= datetime.fromisoformat(
+        released["started_at"]
+    )
     assert rows["rejected"]["calling_ae_title"] == "STRANGER"
 
 
