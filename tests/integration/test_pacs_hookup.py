@@ -1,11 +1,11 @@
-"""README "Hooking it to a PACS", followed step by step on a non-default address.
+"""README "Hooking it to a PACS", followed step by step on 127.0.0.1.
 
-The README binds to 0.0.0.0. Test traffic stays on 127.0.0.1 (the test machines cannot
-create network namespaces), so the test checks that the README's arguments parse to
-``dicom_host = "0.0.0.0"`` and then binds the node with ``--dicom-host 127.0.0.1`` given
-explicitly. The commands come
-from the README itself; DCMTK's ``echoscu``/``storescu`` run where installed, pynetdicom
-plays them otherwise.
+The README binds to 0.0.0.0. This test stays on 127.0.0.1 and in process: it checks that
+the README's arguments parse to ``dicom_host = "0.0.0.0"`` and then binds the node with
+``--dicom-host 127.0.0.1`` given explicitly. ``tests/e2e/test_pacs_hookup_netns.py``
+follows the same steps with the node bound to 0.0.0.0 inside a network namespace the test
+creates (a veth pair, root only). The commands come from the README itself; DCMTK's
+``echoscu``/``storescu`` run where installed, pynetdicom plays them otherwise.
 """
 
 from __future__ import annotations
