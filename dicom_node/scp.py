@@ -13,7 +13,7 @@ import logging
 import shutil
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
@@ -49,7 +49,20 @@ from dicom_node.limits import (
 )
 from dicom_node.spool import instance_path, write_atomically
 from dicom_node.status import Status
-from dicom_node.transport import ConnectionLimits, GuardedAssociationServer
+from dicom_node.tls import (
+    DEFAULT_TLS_CIPHERS,
+    caller_certificate_problem,
+    fingerprint,
+    normalise_caller_names,
+    peer_names,
+    tls_context,
+)
+from dicom_node.transport import (
+    REJECT_CALLING_AE,
+    ConnectionLimits,
+    GuardedAssociationServer,
+    reject_association,
+)
 from dicom_node.uids import InvalidUIDError, checked_uid
 
 log = logging.getLogger(__name__)
@@ -139,22 +152,36 @@ class ScpConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TlsConfig:
-    """DICOM TLS (PS3.15 B.1): the server certificate, optionally client certificates."""
+    """DICOM TLS (PS3.15 B.1): the server certificate, optionally client certificates.
+
+    ``caller_names`` ties calling AE titles to client certificates: an association
+    whose calling AE title is a key must come with a certificate (verified against
+    ``ca_file``) whose subject CN or a DNS subjectAltName is one of its names, or it
+    is rejected (calling AE title not recognised). Other AE titles are not bound.
+    """
 
     cert_file: Path
     key_file: Path
     ca_file: Path | None = None
     require_client_cert: bool = False
+    ciphers: str = DEFAULT_TLS_CIPHERS
+    caller_names: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.caller_names and self.ca_file is None:
+            raise ValueError("caller_names need ca_file: client certificates must be verified")
+        object.__setattr__(self, "caller_names", normalise_caller_names(self.caller_names))
 
     def server_context(self) -> ssl.SSLContext:
-        """A TLS 1.2+ server context; raises ``ssl.SSLError``/``OSError`` on bad files."""
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
-        if self.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(self.ca_file))
-            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
-        return ctx
+        """The profile's server context (dicom_node.tls); raises ``TlsSetupError`` on bad files."""
+        return tls_context(
+            server=True,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            ca_file=self.ca_file,
+            ciphers=self.ciphers,
+            require_peer_cert=self.require_client_cert,
+        )
 
 
 @dataclass
@@ -251,6 +278,8 @@ class StorageSCP:
         ]
         if cfg.max_dataset_bytes:
             handlers.append((evt.EVT_DATA_RECV, self._count_bytes))
+        if cfg.tls is not None and cfg.tls.caller_names:
+            handlers.append((evt.EVT_REQUESTED, self._check_caller_certificate))
         ssl_context = cfg.tls.server_context() if cfg.tls else None
         ae = self._make_ae()
         server = ae.make_server(
@@ -397,6 +426,39 @@ class StorageSCP:
             extra=_fields("instance_stored", assoc_id, sop_instance_uid),
         )
         return Status.SUCCESS
+
+    def _check_caller_certificate(self, event: evt.Event) -> None:
+        """Reject a calling AE title whose client certificate is not the one it is tied to.
+
+        Runs on the A-ASSOCIATE-RQ, before pynetdicom's own AE title checks; the
+        rejection is A-ASSOCIATE-RJ rejected-permanent, service user, calling AE title
+        not recognised (PS3.8 9.3.4), as for a caller not in ``allowed_callers``.
+        """
+        tls = self.config.tls
+        assoc = event.assoc
+        if tls is None or assoc.is_rejected or assoc.is_aborted:
+            return
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        sock = getattr(assoc.dul.socket, "socket", None)
+        certificate = der = None
+        if isinstance(sock, ssl.SSLSocket):
+            certificate = sock.getpeercert()
+            der = sock.getpeercert(binary_form=True)
+        problem = caller_certificate_problem(calling, peer_names(certificate), tls.caller_names)
+        if problem is None:
+            return
+        assoc_id = _assoc_id(assoc)
+        # AE title, address and a certificate digest: no names from the certificate.
+        log.warning(
+            "association %s from %s at %s rejected: %s (%s)",
+            assoc_id,
+            calling,
+            assoc.requestor.address,
+            problem,
+            fingerprint(der),
+            extra=_fields("association_rejected_certificate", assoc_id),
+        )
+        reject_association(assoc, REJECT_CALLING_AE)
 
     def _count_bytes(self, event: evt.Event) -> None:
         """Abort an association whose current message outgrows ``max_dataset_bytes``.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -16,10 +17,24 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.errors import DicomNodeError
 from dicom_node.status import Status
+from dicom_node.tls import (
+    DEFAULT_TLS_CIPHERS,
+    ClientContext,
+    TlsSetupError,
+    describe_tls_error,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
-_DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+_DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[^:@?]+):(?P<port>\d{1,5})$")
+TLS_PREFIX = "tls://"
+#: The options of a TLS destination, in the string form's order.
+TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "server_name")
+DESTINATION_FORMS = (
+    "AET@HOST:PORT, or for TLS tls://AET@HOST:PORT?ca_file=FILE"
+    "[&cert_file=FILE&key_file=FILE][&server_name=NAME]"
+)
 
 
 class SendError(DicomNodeError):
@@ -27,26 +42,163 @@ class SendError(DicomNodeError):
 
 
 @dataclass(frozen=True)
+class DestinationTls:
+    """How the SCU speaks TLS to one destination (PS3.15 B.1, the profile of dicom_node.tls).
+
+    The server's certificate must chain to ``ca_file`` (the only trust anchor) and
+    name ``server_name``, or the destination's host (a DNS or IP subjectAltName)
+    when that is not set. ``cert_file``/``key_file``: the node's client certificate.
+    """
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    ciphers: str = DEFAULT_TLS_CIPHERS
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.server_name is not None and not self.server_name.strip():
+            raise ValueError("server_name is empty")
+
+    def client_context(self) -> ClientContext:
+        """The client context; raises :class:`~dicom_node.tls.TlsSetupError` on bad files."""
+        return cast(
+            ClientContext,
+            tls_context(
+                server=False,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+                ca_file=self.ca_file,
+                ciphers=self.ciphers,
+            ),
+        )
+
+
+def _tls_options(query: str, text: str) -> DestinationTls:
+    """``ca_file=...&cert_file=...``: values are taken literally (no %-decoding)."""
+    values: dict[str, str] = {}
+    for part in query.split("&"):
+        key, sep, value = part.partition("=")
+        if not sep or key not in TLS_OPTIONS or not value:
+            raise ValueError(
+                f"destination {text!r}: {part!r} is not one of "
+                f"{', '.join(o + '=VALUE' for o in TLS_OPTIONS)}"
+            )
+        if key in values:
+            raise ValueError(f"destination {text!r}: {key} is given twice")
+        values[key] = value
+    if "ca_file" not in values:
+        raise ValueError(f"destination {text!r}: a TLS destination needs ca_file=FILE")
+    try:
+        return DestinationTls(
+            ca_file=Path(values["ca_file"]),
+            cert_file=Path(values["cert_file"]) if "cert_file" in values else None,
+            key_file=Path(values["key_file"]) if "key_file" in values else None,
+            server_name=values.get("server_name"),
+        )
+    except ValueError as exc:
+        raise ValueError(f"destination {text!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class Destination:
-    """A peer that receives results: ``AET@HOST:PORT``."""
+    """A peer that receives results: ``AET@HOST:PORT``, optionally over TLS."""
 
     ae_title: str
     host: str
     port: int
+    tls: DestinationTls | None = None
 
     @classmethod
-    def parse(cls, text: str) -> Destination:
-        match = _DESTINATION.fullmatch(text.strip())
+    def parse(cls, text: str, *, ciphers: str | None = None) -> Destination:
+        """``AET@HOST:PORT`` or ``tls://AET@HOST:PORT?ca_file=...`` (:data:`DESTINATION_FORMS`).
+
+        ``ciphers``: the TLS 1.2 cipher list of a TLS destination (the ``tls_ciphers``
+        setting); default the profile's.
+        """
+        body = text.strip()
+        tls: DestinationTls | None = None
+        is_tls = body[: len(TLS_PREFIX)].lower() == TLS_PREFIX
+        if is_tls:
+            body = body[len(TLS_PREFIX) :]
+        body, sep, query = body.partition("?")
+        if sep and not is_tls:
+            raise ValueError(f"destination {text!r}: options after '?' need the tls:// form")
+        if is_tls:
+            tls = _tls_options(query, text) if sep else None
+            if tls is None:
+                raise ValueError(f"destination {text!r}: a TLS destination needs ?ca_file=FILE")
+            if ciphers is not None:
+                tls = replace(tls, ciphers=ciphers)
+        match = _DESTINATION.fullmatch(body)
         if not match or not 0 < int(match["port"]) < 65536 or not match["ae"].strip():
-            raise ValueError(f"destination {text!r} is not AET@HOST:PORT")
-        return cls(ae_title=match["ae"].strip(), host=match["host"], port=int(match["port"]))
+            raise ValueError(f"destination {text!r} is not {DESTINATION_FORMS}")
+        return cls(
+            ae_title=match["ae"].strip(), host=match["host"], port=int(match["port"]), tls=tls
+        )
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> Destination:
+        """The config file's table form: ``{ae_title, host, port, tls, ca_file, ...}``."""
+        known = {"ae_title", "host", "port", "tls", *TLS_OPTIONS}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(
+                f"destination table: unknown key(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        missing = [key for key in ("ae_title", "host", "port") if key not in table]
+        if missing:
+            raise ValueError(f"destination table: {', '.join(missing)} missing")
+        tls = table.get("tls", False)
+        if not isinstance(tls, bool):
+            raise ValueError("destination table: tls must be true or false")
+        options = {key: table[key] for key in TLS_OPTIONS if key in table}
+        if options and not tls:
+            raise ValueError(f"destination table: {', '.join(options)} given without tls = true")
+        for key, value in options.items():
+            if not isinstance(value, str) or not value or "&" in value or "?" in value:
+                raise ValueError(
+                    f"destination table: {key} must be a non-empty path or name without '&' or '?'"
+                )
+        port = table["port"]
+        if isinstance(port, bool) or not isinstance(port, int | str):
+            raise ValueError("destination table: port must be a number")
+        base = f"{table['ae_title']}@{table['host']}:{port}"
+        if not tls:
+            return cls.parse(base)
+        if "ca_file" not in options:
+            raise ValueError(f"destination {base}: tls = true needs ca_file")
+        return cls.parse(TLS_PREFIX + base + "?" + "&".join(f"{k}={v}" for k, v in options.items()))
 
     @property
     def name(self) -> str:
+        """``AET@HOST:PORT``: what deliveries are recorded under, TLS or not."""
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def spec(self) -> str:
+        """The string form :meth:`parse` reads back (with the TLS options)."""
+        if self.tls is None:
+            return self.name
+        options = [
+            f"{key}={value}" for key in TLS_OPTIONS if (value := getattr(self.tls, key)) is not None
+        ]
+        return f"{TLS_PREFIX}{self.name}?{'&'.join(options)}"
 
     def __str__(self) -> str:
         return self.name
+
+
+def _connect_failure(destination: Destination, assoc: Any, context: ClientContext | None) -> str:
+    if assoc.is_rejected:
+        return "rejected"
+    failure = context.failure if context is not None else None
+    if failure is not None:
+        return f"TLS: {describe_tls_error(failure)}"
+    return "no answer"
 
 
 def _association(
@@ -64,12 +216,33 @@ def _association(
             ae.add_requested_context(sop_class, [syntax])
     for sop_class in sorted({sop_class for sop_class, _ in contexts}):
         ae.add_requested_context(sop_class, uncompressed)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    context: ClientContext | None = None
+    tls_args = None
+    if destination.tls is not None:
+        try:
+            context = destination.tls.client_context()
+        except TlsSetupError as exc:
+            raise SendError(f"TLS to {destination} cannot be set up: {exc}") from exc
+        tls_args = (context, destination.tls.server_name or destination.host)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     if not assoc.is_established:
         raise SendError(
             f"association with {destination} was not established "
-            f"({'rejected' if assoc.is_rejected else 'no answer'})"
+            f"({_connect_failure(destination, assoc, context)})"
         )
+    if context is not None:
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if isinstance(sock, ssl.SSLSocket):
+            cipher = sock.cipher()
+            log.info(
+                "association with %s over %s (%s)",
+                destination,
+                sock.version(),
+                cipher[0] if cipher else "?",
+                extra={"event": "tls_established"},
+            )
     return assoc
 
 

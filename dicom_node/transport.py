@@ -42,6 +42,8 @@ from pynetdicom import evt
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.tls import describe_tls_error
+
 log = logging.getLogger(__name__)
 
 PDU_HEADER_BYTES: Final = 6
@@ -53,6 +55,22 @@ _ABORT_SOURCE_PROVIDER: Final = 0x02
 _ABORT_INVALID_PARAMETER: Final = 0x06
 #: A-ASSOCIATE-RJ: rejected-transient, service provider (presentation), local limit exceeded.
 REJECT_LOCAL_LIMIT: Final = (0x02, 0x03, 0x02)
+#: A-ASSOCIATE-RJ: rejected-permanent, service user, calling AE title not recognised.
+REJECT_CALLING_AE: Final = (0x01, 0x01, 0x03)
+
+
+def reject_association(assoc: Any, result_source_diagnostic: tuple[int, int, int]) -> None:
+    """Answer an A-ASSOCIATE-RQ with A-ASSOCIATE-RJ from an EVT_REQUESTED handler.
+
+    The requestor's AE title is taken from the request first (pynetdicom sets it
+    only when it negotiates), so EVT_REJECTED handlers and the audit see it.
+    """
+    primitive = getattr(assoc.requestor, "primitive", None)
+    if primitive is not None and primitive.calling_ae_title:
+        assoc.requestor.ae_title = primitive.calling_ae_title
+    assoc.acse.send_reject(*result_source_diagnostic)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,7 +282,7 @@ class GuardedRequestHandler(RequestHandler):
             log.warning(
                 "TLS handshake with %s failed: %s",
                 peer,
-                type(exc).__name__,
+                describe_tls_error(exc),
                 extra={"event": "tls_handshake_failed"},
             )
             return None
@@ -364,7 +382,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         if requested is not None:
             requested.set()
         cap = self.limits.max_associations_per_peer
-        if cap <= 0:
+        if cap <= 0 or assoc.is_rejected or assoc.is_aborted:
             return
         peer = assoc.requestor.address
         others = [
@@ -384,9 +402,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             len(others),
             extra={"event": "association_rejected_peer_limit"},
         )
-        assoc.acse.send_reject(*REJECT_LOCAL_LIMIT)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
+        reject_association(assoc, REJECT_LOCAL_LIMIT)
 
     def server_close(self) -> None:
         super().server_close()

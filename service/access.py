@@ -6,6 +6,12 @@ settings only; there is no default secret, and without ``admin_token`` actions
 are refused. ``read_access`` says whether reads need a token at all
 (``token``), only from other hosts (``loopback``) or never (``open``).
 
+A *loopback* caller is a peer on 127.0.0.0/8 or ::1 whose request did not come
+through a proxy: ``service.http_edge`` marks a request proxied (:data:`PROXIED`)
+when its peer is in ``trusted_proxies`` or it carries a forwarding header, so a
+reverse proxy on the same host never makes a remote user local. Patient data is
+shown only to a role (a token or a session), never to a tokenless loopback read.
+
 Browsers log in once (``/login``): the cookie holds a keyed hash of the token,
 never the token, so changing a token ends every session. Comparisons are
 constant-time. Nothing here knows FastAPI; ``service.api.deps`` turns it into
@@ -27,6 +33,8 @@ SESSION_COOKIE = "mammoseg_session"
 #: Header a browser script sends with actions; a cross-site form cannot set it.
 ACTION_HEADER = "X-Requested-With"
 _SESSION_CONTEXT = b"mammoseg-session-v1"
+#: ASGI scope key set by ``service.http_edge``: whether the request came through a proxy.
+PROXIED = "mammoseg.proxied"
 
 
 class Role(IntEnum):
@@ -90,10 +98,20 @@ class AccessPolicy:
         viewer = self.viewer_token is not None and _same(cookie, session_value(self.viewer_token))
         return Role.ADMIN if admin else Role.VIEWER if viewer else Role.NONE
 
-    def may_read(self, role: Role, client_host: str | None) -> bool:
+    def may_read(self, role: Role, client_host: str | None, *, proxied: bool = True) -> bool:
+        """A role reads; without one, ``open`` reads, and ``loopback`` from a local peer.
+
+        ``proxied`` (the default, so that forgetting it fails closed): the request
+        came through a proxy, so its peer being local says nothing about its client.
+        """
         if role >= Role.VIEWER or self.read_access == "open":
             return True
-        return self.read_access == "loopback" and is_loopback(client_host)
+        return self.read_access == "loopback" and not proxied and is_loopback(client_host)
+
+    @staticmethod
+    def may_see_patient_data(role: Role, show_patient_data: bool) -> bool:
+        """Patient data for a token or a session only, never for a tokenless read."""
+        return show_patient_data and role >= Role.VIEWER
 
 
 def bearer_token(authorization: str | None) -> str | None:

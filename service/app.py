@@ -3,8 +3,11 @@
 ``create_app(node)`` is what the wiring calls. Routes return their schema
 types; every error is RFC 9457 problem JSON (pages send the browser to
 ``/login`` instead of a 401). No patient names, IDs or birth dates appear in
-any response unless ``show_patient_data`` is set. Static assets, the API docs
-included, are served from ``service/static``: nothing comes from a CDN.
+any response unless ``show_patient_data`` is set, and then only to a caller
+with a token or a session. Before any route, ``service.http_edge`` checks the
+Host header and applies a trusted proxy's X-Forwarded-For, and
+``service.body_limit`` bounds the body. Static assets, the API docs included,
+are served from ``service/static``: nothing comes from a CDN.
 """
 
 from __future__ import annotations
@@ -34,13 +37,9 @@ from service.api.deps import (
 from service.api.problems import problem_openapi
 from service.api.schemas import JobOut, JobPage
 from service.api.segment import CONCURRENT_UPLOADS, MULTIPART_OVERHEAD, upload_limit
-from service.body_limit import (
-    DEFAULT_BODY_IDLE_TIMEOUT_S,
-    DEFAULT_BODY_TOTAL_TIMEOUT_S,
-    DEFAULT_MAX_BODY_BYTES,
-    BodyLimitMiddleware,
-)
-from service.metrics import build_registry
+from service.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from service.http_edge import ForwardedMiddleware, HostAllowListMiddleware, networks
+from service.metrics import AuditCollector, build_registry
 from service.web import pages
 
 __all__ = [
@@ -96,10 +95,15 @@ def _install_problem_handlers(app: FastAPI) -> None:
 def create_app(
     node: NodeState,
     *,
-    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
-    body_total_timeout_s: float = DEFAULT_BODY_TOTAL_TIMEOUT_S,
+    body_idle_timeout_s: float | None = None,
+    body_total_timeout_s: float | None = None,
 ) -> FastAPI:
-    """The app; request bodies must keep coming within the two timeouts (408 otherwise)."""
+    """The app; request bodies must keep coming within the two timeouts (408 otherwise).
+
+    The timeouts are the settings' (``http_body_idle_timeout_s``,
+    ``http_body_total_timeout_s``) unless given here.
+    """
+    settings = node.settings
     app = FastAPI(
         title="mammoseg",
         version=node.version,
@@ -122,7 +126,10 @@ def create_app(
         }
         if segmenter
         else None,
+        workers=node.workers,
     )
+    if node.audit is not None:
+        app.state.metrics.register(AuditCollector(node.audit))
     app.state.upload_slots = asyncio.Semaphore(CONCURRENT_UPLOADS)
     _install_problem_handlers(app)
     # Bodies are bounded while they stream (service.body_limit); added before the security
@@ -135,9 +142,13 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for=body_limit,
-        idle_timeout_s=body_idle_timeout_s,
-        total_timeout_s=body_total_timeout_s,
+        idle_timeout_s=body_idle_timeout_s or settings.http_body_idle_timeout_s,
+        total_timeout_s=body_total_timeout_s or settings.http_body_total_timeout_s,
     )
+    # Outside the body limit (the last added runs first): the client is known (a trusted
+    # proxy's X-Forwarded-For applied) before the Host check logs a refusal.
+    app.add_middleware(HostAllowListMiddleware, allowed=settings.host_allow_list)
+    app.add_middleware(ForwardedMiddleware, trusted=networks(settings.trusted_proxies))
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -11,15 +11,20 @@ sits in front of every route:
 - every body, chunked or not, multipart included, is counted as it arrives and
   refused 413 the moment it passes the limit;
 - a body that stalls for ``idle_timeout_s`` between chunks, or takes longer
-  than ``total_timeout_s`` in all, is answered 408.
+  than ``total_timeout_s`` in all, is answered 408 (``http_body_idle_timeout_s``,
+  ``http_body_total_timeout_s``). A multipart body cut short this way leaves no
+  spooled file behind: Starlette's form parser closes (and so deletes) its
+  temporary files when ``receive`` raises.
 
 Refusals are RFC 9457 problem JSON, as every error of the API, with
-``Connection: close`` (the rest of the body is never read).
+``Connection: close`` (the rest of the body is never read), and a log line with
+the client's address (a trusted proxy's X-Forwarded-For applied, service.http_edge).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -27,6 +32,9 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 
 from service.api.deps import problem
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,9 +44,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Any route that is not an upload: forms (the login token) and small JSON bodies.
 DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
-#: Seconds a body may pause between two chunks, and in all.
-DEFAULT_BODY_IDLE_TIMEOUT_S: Final = 15.0
-DEFAULT_BODY_TOTAL_TIMEOUT_S: Final = 300.0
+#: Seconds a body may pause between two chunks, and in all (the settings' defaults).
+_FIELDS = Settings.model_fields
+DEFAULT_BODY_IDLE_TIMEOUT_S: Final[float] = _FIELDS["http_body_idle_timeout_s"].default
+DEFAULT_BODY_TOTAL_TIMEOUT_S: Final[float] = _FIELDS["http_body_total_timeout_s"].default
 
 
 class _Refused(HTTPException):
@@ -79,7 +88,7 @@ class BodyLimitMiddleware:
         try:
             _check_headers(scope, limit)
         except _Refused as refused:
-            await _answer(refused, scope, receive, send)
+            await _answer(_logged(refused, scope), scope, receive, send)
             return
         received = 0
         started = False
@@ -91,11 +100,11 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), min(self.idle_timeout_s, max(left, 0)))
             except TimeoutError as exc:
-                raise _Refused(408, "the request body arrived too slowly") from exc
+                raise _logged(_Refused(408, "the request body arrived too slowly"), scope) from exc
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _Refused(413, _too_large(limit))
+                    raise _logged(_Refused(413, _too_large(limit)), scope)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -135,6 +144,19 @@ def _check_headers(scope: Scope, limit: int) -> None:
         raise _Refused(400, "Content-Length is negative")
     if length > limit:
         raise _Refused(413, _too_large(limit))
+
+
+def _logged(refused: _Refused, scope: Scope) -> _Refused:
+    client = scope.get("client")
+    log.info(
+        "request body refused %d from %s on %s: %s",
+        refused.status,
+        client[0] if client else "?",
+        scope.get("path", ""),
+        refused.detail,
+        extra={"event": "http_body_refused"},
+    )
+    return refused
 
 
 async def _answer(refused: _Refused, scope: Scope, receive: Receive, send: Send) -> None:

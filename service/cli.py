@@ -33,6 +33,17 @@ Exit status: 0 stopped cleanly (SIGTERM/SIGINT); 2 bad settings or command line;
 3 cannot start (model, job store, data directory or a port).
 """
 
+DESTINATION_EPILOG = """\
+Destinations (--destination, repeatable): AET@HOST:PORT sends in the clear; DICOM TLS is
+  --destination 'tls://AET@HOST:PORT?ca_file=FILE[&cert_file=FILE&key_file=FILE][&server_name=NAME]'
+(quote it: '&' is special to the shell). The server certificate must chain to ca_file
+(the only trusted CA) and name server_name, else HOST (a DNS or IP subjectAltName);
+cert_file and key_file are the node's client certificate. TLS 1.2 or later, ciphers
+from tls_ciphers. In the config file a destination may also be a table:
+  { ae_title = "PACS", host = "pacs.example.org", port = 2762, tls = true,
+    ca_file = "/etc/mammoseg/tls/pacs-ca.crt" }
+"""
+
 
 def _node_options(p: argparse.ArgumentParser, *, network: bool) -> None:
     """Flags shared by ``serve`` and ``worker``; each is also a setting (deploy/README.md)."""
@@ -58,7 +69,8 @@ def _node_options(p: argparse.ArgumentParser, *, network: bool) -> None:
         action="append",
         dest="destinations",
         metavar="AET@HOST:PORT",
-        help="where results go (repeatable)",
+        help="where results go (repeatable); DICOM TLS: tls://AET@HOST:PORT?ca_file=FILE... "
+        "(every option: the end of `mammoseg serve --help`)",
     )
     p.add_argument("--model-path", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--workers", type=int, help="worker threads (default 1)")
@@ -71,14 +83,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p = sub.add_parser(
         "serve",
         help="run the DICOM node, the workers and the HTTP server",
-        epilog=SETTINGS_EPILOG,
+        epilog=DESTINATION_EPILOG + "\n" + SETTINGS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _node_options(p, network=True)
     p = sub.add_parser(
         "worker",
         help="run workers only (scale-out: a shared PostgreSQL store and spool)",
-        epilog=SETTINGS_EPILOG,
+        epilog=DESTINATION_EPILOG + "\n" + SETTINGS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _node_options(p, network=False)
@@ -89,7 +101,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "`mammoseg serve` does; print every effective setting with its source (default, file, "
         "env, flag; secrets masked); try the model, the job store, the data directory and the "
         "ports. Exit status 0: serve can start; 2: the problems are listed on stderr.",
-        epilog="See deploy/README.md for every setting and its MAMMOSEG_* variable.",
+        epilog="See deploy/README.md for every setting and its MAMMOSEG_* variable, and "
+        "`mammoseg serve --help` for the forms of --destination (DICOM TLS among them).",
     )
     _node_options(p, network=True)
     p.add_argument(

@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import ssl
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr
 
+from dicom_node.tls import TlsSetupError, outside_profile, tls_context
 from service.settings import (
     DEFAULT_UID_ROOT,
     SECRET_SETTINGS,
@@ -45,7 +45,7 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 2
 MASK = "********"
 # MAMMOSEG_* variables that are not settings but are read on purpose.
-NOT_SETTINGS = frozenset({"MAMMOSEG_CONFIG"})
+NOT_SETTINGS = frozenset({"MAMMOSEG_CONFIG", "MAMMOSEG_TEST_ABORT_ON_UID"})
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,9 @@ def shown_value(name: str, value: Any) -> str:
         return MASK
     if isinstance(value, list):
         return ", ".join(str(v) for v in value) or "(none)"
+    if isinstance(value, dict):
+        shown = "; ".join(f"{k}: {shown_value(k, v)}" for k, v in value.items())
+        return shown or "(none)"
     return str(value)
 
 
@@ -225,17 +228,39 @@ def check_port(name: str, host: str, port: int, report: Report) -> None:
 
 
 def check_tls(settings: Settings, report: Report) -> None:
+    """The SCP's TLS context, built as serve builds it (dicom_node.tls)."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-        if settings.tls_ca_file is not None:
-            context.load_verify_locations(settings.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        report.add("tls", False, f"certificate, key or CA cannot be loaded: {exc}")
+        tls_context(
+            server=True,
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            ca_file=settings.tls_ca_file,
+            ciphers=settings.tls_ciphers,
+            require_peer_cert=settings.tls_require_client_cert,
+        )
+    except TlsSetupError as exc:
+        report.add("tls", False, f"the SCP's TLS cannot be set up: {exc}")
         return
     report.add("tls", True, f"certificate {settings.tls_cert_file} and its key load")
+
+
+def check_destinations(settings: Settings, report: Report) -> None:
+    """Each TLS destination's CA file, client certificate and key load (nothing is sent)."""
+    for destination in settings.destination_list:
+        tls = destination.tls
+        if tls is None:
+            continue
+        name = f"destination {destination}"
+        try:
+            tls.client_context()
+        except TlsSetupError as exc:
+            report.add(name, False, f"TLS cannot be set up: {exc}")
+            continue
+        client = f", client certificate {tls.cert_file}" if tls.cert_file else ""
+        checked = tls.server_name or destination.host
+        report.add(name, True, f"TLS, CA {tls.ca_file}{client}, server name {checked} checked")
 
 
 def _is_loopback(host: str) -> bool:
@@ -256,8 +281,33 @@ def advise(settings: Settings, report: Report, *, worker: bool) -> None:
         )
     if not settings.destinations:
         report.warnings.append("no destinations: results stay in the outbox (data_dir/outbox)")
+    if settings.test_fault_injection:
+        report.warnings.append(
+            "test_fault_injection is on: MAMMOSEG_TEST_ABORT_ON_UID crashes the workers "
+            "(tests only, never in production)"
+        )
+    if not worker and settings.worker_processes == 0:
+        report.warnings.append(
+            "worker_processes 0: images are decoded in the serve process, so a decoder "
+            "crash takes down the SCP and HTTP too"
+        )
     if settings.admin_token is None:
         report.warnings.append("no admin_token: retry, reprocess and C-ECHO are refused (403)")
+    outside = outside_profile(settings.tls_ciphers)
+    if outside:
+        report.warnings.append(
+            f"tls_ciphers allows {', '.join(outside)}: outside the BCP 195 non-downgrading "
+            "profile (ECDHE with AES-GCM or ChaCha20-Poly1305)"
+        )
+    if settings.tls_cert_file is not None:
+        plain = [
+            str(d) for d in settings.destination_list if d.tls is None and not _is_loopback(d.host)
+        ]
+        if plain:
+            report.warnings.append(
+                f"the SCP requires TLS but results go to {', '.join(plain)} in cleartext "
+                "(tls://AET@HOST:PORT?ca_file=FILE, deploy/README.md)"
+            )
     if settings.uid_root == DEFAULT_UID_ROOT:
         report.warnings.append("uid_root is the example root: set your organisation's")
     if not worker and not settings.retention_days:
@@ -269,6 +319,41 @@ def advise(settings: Settings, report: Report, *, worker: bool) -> None:
         report.warnings.append(
             f"http_host {settings.http_host} with read_access 'open': anyone on the network "
             "can read the job list"
+        )
+    if not worker:
+        advise_http(settings, report)
+
+
+def _covers_loopback(value: str) -> bool:
+    network = ipaddress.ip_network(value, strict=False)
+    if isinstance(network, ipaddress.IPv4Network):
+        return network.overlaps(ipaddress.IPv4Network("127.0.0.0/8"))
+    return ipaddress.IPv6Address("::1") in network
+
+
+def advise_http(settings: Settings, report: Report) -> None:
+    """The HTTP edge (service/http_edge.py): proxies, Host names, the open-file limit."""
+    import resource
+
+    local_proxies = [value for value in settings.trusted_proxies if _covers_loopback(value)]
+    if local_proxies and settings.read_access == "loopback":
+        report.warnings.append(
+            f"trusted_proxies {', '.join(local_proxies)} with read_access 'loopback': requests "
+            "from a trusted proxy are never loopback reads, so on this host too every read "
+            "needs a token (read_access 'token' says so)"
+        )
+    if "*" in settings.allowed_hosts:
+        report.warnings.append(
+            "allowed_hosts '*': any Host header is served, so a page re-bound to this "
+            "address by DNS can read the node through a browser"
+        )
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.http_limit_concurrency
+    if soft != resource.RLIM_INFINITY and (wanted == 0 or wanted + 64 > soft):
+        report.warnings.append(
+            f"the open-file limit ({soft}) is below http_limit_concurrency "
+            f"({wanted or 'none'}) plus room for files and DICOM: connections past it fail at "
+            "accept (raise LimitNOFILE or ulimit -n, or lower http_limit_concurrency)"
         )
 
 
@@ -309,6 +394,7 @@ def check(
     check_store(settings, report)
     check_data_dir(settings, report)
     check_tls(settings, report)
+    check_destinations(settings, report)
     if not worker:
         check_port("dicom_port", settings.dicom_host, settings.dicom_port, report)
         check_port("http_port", settings.http_host, settings.http_port, report)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +12,10 @@ import onnxruntime as ort
 
 from service.contract import CONTRACT_KEY, ContractError, ModelContract
 from service.imaging.preprocess import (
+    Box,
+    ModelProbability,
     output_to_probability,
     to_model_input,
-    to_source_probability,
 )
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,35 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
 class Prediction:
-    probability: np.ndarray  # float32 at the source matrix
-    seconds_preprocess: float
-    seconds_infer: float
+    """The model's answer for one image, and how long preprocessing and inference took.
+
+    ``probability_map`` is the model-resolution map and the source box it covers;
+    ``probability`` is that map on the whole source matrix (float32), made on
+    first use only: the node never asks for it (``find_lesions_in_map`` upsamples
+    the lesions' boxes alone). A full-size array may be given instead of the map
+    (tests, other models): it is then its own map.
+    """
+
+    def __init__(
+        self,
+        probability: ModelProbability | np.ndarray,
+        seconds_preprocess: float,
+        seconds_infer: float,
+    ) -> None:
+        if isinstance(probability, np.ndarray):
+            shape = (int(probability.shape[0]), int(probability.shape[1]))
+            probability = ModelProbability(
+                np.asarray(probability, dtype=np.float32), Box(0, 0, *shape), shape
+            )
+        self.probability_map = probability
+        self.seconds_preprocess = seconds_preprocess
+        self.seconds_infer = seconds_infer
+
+    @functools.cached_property
+    def probability(self) -> np.ndarray:
+        """float32 at the source matrix (a fresh array of its own)."""
+        return self.probability_map.full()
 
 
 class Segmenter:
@@ -47,7 +72,11 @@ class Segmenter:
         self.sha256 = sha256
 
     def predict(self, image: np.ndarray) -> Prediction:
-        """Probability of "mass" for each pixel of a display-ready [0, 1] image."""
+        """Probability of "mass" for each pixel of a display-ready [0, 1] image.
+
+        The map stays at model resolution (:class:`Prediction`); the source
+        matrix is only described by its box and shape.
+        """
         import time
 
         start = time.perf_counter()
@@ -57,12 +86,12 @@ class Segmenter:
             [self.contract.output_name], {self.contract.input_name: tensor}
         )
         inferred = time.perf_counter()
-        prob = to_source_probability(
+        prob_map = ModelProbability(
             output_to_probability(output, self.contract), box, (image.shape[0], image.shape[1])
         )
         end = time.perf_counter()
         return Prediction(
-            probability=prob,
+            prob_map,
             seconds_preprocess=(mid - start) + (end - inferred),
             seconds_infer=inferred - mid,
         )

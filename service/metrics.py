@@ -14,6 +14,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
@@ -26,17 +27,29 @@ from prometheus_client.registry import Collector
 
 from service.stats import ALL_STAGES, stage_durations
 from service.store import JobState, JobStore
+from service.supervisor import WorkerHealth
 
 STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class Workers(Protocol):
+    def worker_health(self) -> WorkerHealth: ...
 
 
 class NodeCollector(Collector):
     """One collector for everything the node exposes."""
 
-    def __init__(self, store: JobStore, data_dir: Path, model: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        data_dir: Path,
+        model: dict[str, str] | None,
+        workers: Workers | None = None,
+    ) -> None:
         self.store = store
         self.data_dir = data_dir
         self.model = model
+        self.workers = workers
         self._lock = threading.Lock()
         self._cursor = store.reads.last_event_id()
         self._stages = Histogram(
@@ -98,6 +111,27 @@ class NodeCollector(Collector):
             info = InfoMetricFamily("mammoseg_model", "The loaded model")
             info.add_metric([], self.model)
             yield info
+        if self.workers is not None:
+            yield from worker_metrics(self.workers.worker_health())
+
+
+def worker_metrics(health: WorkerHealth) -> Iterator[Metric]:
+    """How many workers should run and how many do; restarts of worker processes."""
+    yield GaugeMetricFamily(
+        "mammoseg_workers_expected",
+        "Worker processes of serve (worker_processes), or worker threads when they run in it",
+        value=health.expected,
+    )
+    yield GaugeMetricFamily(
+        "mammoseg_workers_alive",
+        "Of those, running now (a worker process: started and ready)",
+        value=health.alive,
+    )
+    yield CounterMetricFamily(
+        "mammoseg_worker_process_restarts",
+        "Worker processes started again after one died (a crash), since serve started",
+        value=health.restarts,
+    )
 
 
 #: /metrics name of each retention count (label ``what`` of mammoseg_retention_deleted).
@@ -109,6 +143,7 @@ RETENTION_COUNTS = {
     "job_rows": "retention.job_rows",
     "event_rows": "retention.event_rows",
     "association_rows": "retention.association_rows",
+    "audit_files": "retention.audit_files",
 }
 
 
@@ -118,7 +153,7 @@ def store_counters(counters: dict[str, int]) -> Iterator[Metric]:
         "mammoseg_retention_deleted",
         "What the retention sweep deleted: jobs_purged (jobs whose files went), files, "
         "bytes, high_water_jobs (of those, early for free disk), job_rows, event_rows, "
-        "association_rows",
+        "association_rows, audit_files (day files of the audit trail)",
         labels=["what"],
     )
     for what, name in RETENTION_COUNTS.items():
@@ -137,9 +172,35 @@ def store_counters(counters: dict[str, int]) -> Iterator[Metric]:
 
 
 def build_registry(
-    store: JobStore, data_dir: Path, model: dict[str, str] | None
+    store: JobStore,
+    data_dir: Path,
+    model: dict[str, str] | None,
+    *,
+    workers: Workers | None = None,
 ) -> CollectorRegistry:
     """A registry of its own per app, so tests and several apps never share state."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(store, data_dir, model))
+    registry.register(NodeCollector(store, data_dir, model, workers))
     return registry
+
+
+class AuditCounts(Protocol):
+    def counts(self) -> dict[str, int]: ...
+
+
+class AuditCollector(Collector):
+    """The audit trail's counts (service/audit_trail.py), since this process started."""
+
+    def __init__(self, audit: AuditCounts) -> None:
+        self.audit = audit
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "mammoseg_audit_messages",
+            "Audit messages: written (to the day file), dropped (queue full), write_errors, "
+            "syslog_sent, syslog_errors (failed attempts), syslog_dropped",
+            labels=["what"],
+        )
+        for what, count in sorted(self.audit.counts().items()):
+            messages.add_metric([what], count)
+        yield messages

@@ -5,12 +5,18 @@ checked) -> workers (and their heartbeat) -> retention sweep -> storage SCP ->
 HTTP server in the foreground. SIGTERM
 or SIGINT stops the HTTP server; then the SCP stops (open associations are
 aborted, so senders retry), workers finish their current job, the store closes.
+
+With ``worker_processes`` (default 1) the workers run in supervised child
+processes (``run_worker_process``, service/supervisor.py), so that decoding
+untrusted pixel data cannot take the SCP and HTTP down with it; 0 runs them
+as threads of this process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -29,16 +35,23 @@ from dicom_node.scp import (
     StorageSCP,
     TlsConfig,
 )
+from dicom_node.scu import Destination
 from dicom_node.spool import remove_partial_files
-from service import __version__
+from dicom_node.tls import TlsSetupError, normalise_caller_names
+from service import __version__, faults
 from service.app import NodeState, create_app
+from service.audit_trail import AuditTrail
 from service.db import Database, DatabaseError
+from service.http_edge import server_config
 from service.inference import Segmenter, load_segmenter
+from service.logs import configure_logging
 from service.pipeline import PipelineOptions
 from service.retention import RetentionSweeper, policy_from
 from service.segmentation import LesionRules
 from service.settings import Settings
 from service.store import JobStore, NewJob, StoreError
+from service.store.owners import left_by, this_process
+from service.supervisor import InProcessWorkers, WorkerHealth, WorkerProcesses
 from service.worker import (
     Heartbeat,
     RetryPolicy,
@@ -51,8 +64,8 @@ from service.worker import (
 log = logging.getLogger(__name__)
 
 
-def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
-    """The SCP's sink: commit a job for every instance on disk.
+def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[no-untyped-def]
+    """The SCP's sink: commit a job for every instance on disk (and its audit message).
 
     The dataset's digest goes with it: an instance received again unchanged
     after its job finished makes no new job (``store.queue.admit``). Its
@@ -76,6 +89,16 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
         )
         if admission.outcome == "duplicate" and admission.files_purged:
             instance.path.unlink(missing_ok=True)
+        if audit is not None:  # DICOM Instances Transferred: C when new, R when held already
+            audit.instance_received(
+                calling_ae=instance.calling_ae_title,
+                address=instance.peer_address,
+                study_uid=instance.study_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                sop_instance_uid=instance.sop_instance_uid,
+                path=instance.path,
+                created=admission.outcome == "created",
+            )
         words = {
             "created": "created",
             "open": "already open",
@@ -102,8 +125,11 @@ def job_sink(store: JobStore):  # type: ignore[no-untyped-def]
     return commit
 
 
-def association_audit(store: JobStore) -> AssociationEvents:
-    """The SCP's association callbacks: one audit row per association in the store."""
+def association_audit(store: JobStore, audit: AuditTrail | None = None) -> AssociationEvents:
+    """The SCP's association callbacks: one audit row per association in the store.
+
+    A rejected one also gets a Security Alert message in the audit trail.
+    """
 
     def guarded(record: Callable[..., None]) -> Callable[..., None]:
         def call(*args: Any) -> None:
@@ -114,9 +140,14 @@ def association_audit(store: JobStore) -> AssociationEvents:
 
         return call
 
+    def rejected(association_id: str, calling_ae_title: str, address: str) -> None:
+        if audit is not None:
+            audit.association_rejected(association_id, calling_ae_title, address)
+        store.audit.rejected(association_id, calling_ae_title, address)
+
     return AssociationEvents(
         on_accepted=guarded(store.audit.opened),
-        on_rejected=guarded(store.audit.rejected),
+        on_rejected=guarded(rejected),
         on_closed=guarded(store.audit.closed),
     )
 
@@ -160,13 +191,30 @@ class Node:
     scp: StorageSCP
     workers: list[threading.Thread]
     stop_event: threading.Event
+    #: The worker processes (worker_processes >= 1); None: the workers are threads here.
+    processes: WorkerProcesses | None = None
+    #: The DICOM audit trail (service/audit_trail.py); closed last by :meth:`stop`.
+    audit: AuditTrail | None = None
+
+    def worker_health(self) -> WorkerHealth:
+        """For /readyz and /metrics: the worker processes, or this process's worker threads."""
+        if self.processes is not None:
+            return self.processes.health()
+        return InProcessWorkers(
+            [w for w in self.workers if isinstance(w, Worker | Sender | Heartbeat)]
+        ).health()
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
         self.scp.stop()
         self.stop_event.set()
+        if self.processes is not None:
+            self.processes.stop(timeout_s=timeout_s)
         for worker in self.workers:
             worker.join(timeout=timeout_s)
         hand_back(self.store, self.settings, self.workers)
+        if self.audit is not None:
+            self.audit.application_stopped()
+            self.audit.close()
         log.info("node stopped")
 
 
@@ -174,11 +222,13 @@ def hand_back(store: JobStore, settings: Settings, workers: list[threading.Threa
     """A worker still busy after the stop timeout: its job goes back, not as a crash.
 
     Without this, a slow job cut short by an orderly restart would count
-    towards its quarantine (service/store/claims.py, ``recover``).
+    towards its quarantine (service/store/claims.py, ``recover``). Only this
+    process's own claims go back (its owner names its pid).
     """
     if any(isinstance(w, Worker | Sender) and w.is_alive() for w in workers):
         try:
-            handed = store.queue.recover(owner=settings.worker_id, crashed=False)
+            owner = str(this_process(settings.worker_id))
+            handed = store.queue.recover(owner=owner, crashed=False)
         except (StoreError, DatabaseError, OSError):
             log.exception("could not hand back the unfinished jobs")
             return
@@ -193,26 +243,49 @@ def tls_config(settings: Settings) -> TlsConfig | None:
         key_file=settings.tls_key_file,
         ca_file=settings.tls_ca_file,
         require_client_cert=settings.tls_require_client_cert,
+        ciphers=settings.tls_ciphers,
+        caller_names=normalise_caller_names(settings.tls_caller_names),
     )
 
 
-def open_store(settings: Settings) -> JobStore:
-    """The job store, with interrupted work taken back.
+def check_destinations(destinations: list[Destination]) -> None:
+    """Load every TLS destination's CA, certificate and key once; raise ``TlsSetupError``.
 
-    On its own SQLite file a node is the only user, so everything interrupted
-    is its own; on a shared PostgreSQL store it takes back only its own claims
-    (others' stale ones are taken back by the sender loop later).
+    A file that cannot be used stops start-up (exit 3) instead of failing every delivery.
+    """
+    for destination in destinations:
+        if destination.tls is None:
+            continue
+        try:
+            destination.tls.client_context()
+        except TlsSetupError as exc:
+            raise TlsSetupError(f"destination {destination}: {exc}") from exc
+
+
+def open_store(settings: Settings, *, recover: bool = True) -> JobStore:
+    """The job store, with interrupted work taken back (unless not ``recover``).
+
+    SQLite and PostgreSQL alike: taken back are the claims of processes that
+    stopped (a pid of this host that no longer runs), those this ``worker_id``
+    left in an earlier life, and those whose heartbeat is older than
+    ``stale_claim_s``. The live claims of another process on the same store
+    (``serve`` and its worker processes, a ``mammoseg worker`` beside it) stay
+    theirs: each claim names its process (service/store/owners.py). A worker
+    process of ``serve`` recovers nothing: its parent did, and takes back the
+    claims of a child that dies.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     quarantine = settings.quarantine_after
     if settings.database_url:
         store = JobStore(Database(settings.database_url), quarantine_after=quarantine)
-        recovered = store.queue.recover(
-            owner=settings.worker_id, stale_after_s=settings.stale_claim_s
-        )
     else:
         store = JobStore(settings.database_path, quarantine_after=quarantine)
-        recovered = store.queue.recover()
+    if not recover:
+        return store
+    me = this_process(settings.worker_id)
+    recovered = store.queue.recover(
+        owner=str(me), stale_after_s=settings.stale_claim_s, stopped=left_by(me)
+    )
     log.info(
         "store %s ready: %d jobs back to RECEIVED, %d to RETRYING, %d quarantined",
         store.backend.dialect,
@@ -232,14 +305,18 @@ def open_store(settings: Settings) -> JobStore:
 
 
 def start_workers(
-    settings: Settings, store: JobStore
+    settings: Settings, store: JobStore, audit: AuditTrail | None = None
 ) -> tuple[Segmenter, list[threading.Thread], threading.Event]:
-    """Load the model (contract checked) and start the workers and the sender."""
+    """Load the model (contract checked) and start the workers and the sender.
+
+    They claim jobs as this process (``NAME#PID@HOST``, service/store/owners.py).
+    """
+    check_destinations(settings.destination_list)
     segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
+    faults.arm(settings.test_fault_injection)
+    owner = str(this_process(settings.worker_id))
     stop_event = threading.Event()
-    heartbeat = Heartbeat(
-        store, settings.worker_id, heartbeat_interval(settings.stale_claim_s), stop_event
-    )
+    heartbeat = Heartbeat(store, owner, heartbeat_interval(settings.stale_claim_s), stop_event)
     ctx = WorkerContext(
         store=store,
         segmenter=segmenter,
@@ -253,9 +330,10 @@ def start_workers(
             give_up_s=settings.retry_give_up_s,
         ),
         poll_interval_s=settings.poll_interval_s,
-        worker_id=settings.worker_id,
-        stale_claim_s=settings.stale_claim_s if settings.database_url else None,
+        worker_id=owner,
+        stale_claim_s=settings.stale_claim_s,
         heartbeat=heartbeat,
+        audit=audit,
     )
     outbox: queue.Queue[int] = queue.Queue()
     workers: list[threading.Thread] = [
@@ -268,49 +346,145 @@ def start_workers(
     return segmenter, workers, stop_event
 
 
+def scp_config(settings: Settings) -> ScpConfig:
+    """The SCP's configuration from the settings (limits, timeouts, TLS)."""
+    return ScpConfig(
+        ae_title=settings.ae_title,
+        host=settings.dicom_host,
+        port=settings.dicom_port,
+        spool_dir=settings.spool_dir,
+        allowed_callers=settings.allowed_callers,
+        max_associations=settings.max_associations,
+        max_associations_per_peer=settings.max_associations_per_peer or None,
+        min_free_bytes=settings.min_free_mb << 20,
+        max_dataset_bytes=settings.max_dataset_mb << 20,
+        network_timeout_s=settings.dicom_network_timeout_s,
+        acse_timeout_s=settings.dicom_acse_timeout_s,
+        dimse_timeout_s=settings.dicom_dimse_timeout_s,
+        request_timeout_s=settings.dicom_request_timeout_s,
+        tls_handshake_timeout_s=settings.dicom_tls_handshake_timeout_s,
+        tls=tls_config(settings),
+        writer_name=settings.worker_id,
+    )
+
+
 def start_node(settings: Settings) -> Node:
     """Start everything except the HTTP server; raises on a bad model or a busy port."""
     store = open_store(settings)
     removed = remove_partial_files(settings.spool_dir, owner=settings.worker_id)
     log.info("%d partial files from an interrupted receive removed", removed)
-    segmenter, workers, stop_event = start_workers(settings, store)
-    sweeper = RetentionSweeper(store, policy_from(settings), stop_event)
+    # Before the worker processes: its hash key (audit_hashed_patient_ids) is made once, here.
+    audit = AuditTrail.from_settings(settings).start()
+    processes: WorkerProcesses | None = None
+    if settings.worker_processes:
+        segmenter, processes = start_worker_processes(settings, store)
+        workers: list[threading.Thread] = []
+        stop_event = threading.Event()
+    else:
+        segmenter, workers, stop_event = start_workers(settings, store, audit)
+    sweeper = RetentionSweeper(store, policy_from(settings), stop_event, audit)
     sweeper.start()
     workers.append(sweeper)
     scp = StorageSCP(
-        ScpConfig(
-            ae_title=settings.ae_title,
-            host=settings.dicom_host,
-            port=settings.dicom_port,
-            spool_dir=settings.spool_dir,
-            allowed_callers=settings.allowed_callers,
-            max_associations=settings.max_associations,
-            max_associations_per_peer=settings.max_associations_per_peer or None,
-            min_free_bytes=settings.min_free_mb << 20,
-            max_dataset_bytes=settings.max_dataset_mb << 20,
-            tls=tls_config(settings),
-            writer_name=settings.worker_id,
-        ),
-        job_sink(store),
-        association_audit(store),
+        scp_config(settings),
+        job_sink(store, audit),
+        association_audit(store, audit),
     )
     try:
         scp.start()
     except OSError:
         stop_event.set()
+        if processes is not None:
+            processes.stop(timeout_s=5.0)
+        audit.close()
         raise
-    return Node(settings, store, segmenter, scp, workers, stop_event)
+    audit.application_started()
+    return Node(settings, store, segmenter, scp, workers, stop_event, processes, audit)
+
+
+def start_worker_processes(
+    settings: Settings, store: JobStore
+) -> tuple[Segmenter, WorkerProcesses]:
+    """The supervised worker processes, and the model for this process too.
+
+    ``serve`` keeps a model of its own: ``POST /api/v1/segment`` and the
+    upload page segment in this process, and ``/api/v1/model`` and ``/readyz``
+    report it. Loading it here first also checks the contract (and the TLS
+    destinations) before any child starts, so a bad model stops start-up with
+    exit status 3 instead of a child restarting in a loop.
+    """
+    check_destinations(settings.destination_list)
+    segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
+    processes = WorkerProcesses(
+        settings, store, run_worker_process, count=settings.worker_processes
+    )
+    processes.start()
+    return segmenter, processes
+
+
+def run_worker_process(settings: Settings, ready: Any, parent_pid: int) -> None:
+    """One worker process of ``serve`` (spawned by service/supervisor.py): workers only.
+
+    The workers, the sender and the heartbeat, as ``mammoseg worker`` runs
+    them, but nothing recovered at start (the parent did, and takes back this
+    process's claims if it dies). ``ready`` is set once the workers run.
+    SIGTERM, from the parent: the current job is finished, unfinished claims
+    are handed back, exit 0. SIGINT is ignored (a terminal's Ctrl-C reaches
+    the whole process group; the parent passes it on as SIGTERM). When the
+    parent is gone (killed), the process stops too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings.log_level, settings.log_format)
+    store = open_store(settings, recover=False)
+    audit = AuditTrail.from_settings(settings).start()  # its results sent
+    _, workers, stop_event = start_workers(settings, store, audit)
+
+    def request_exit(signum: int, frame: object) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, request_exit)
+    ready.set()
+    log.info(
+        "worker process %d running %d workers as %s",
+        os.getpid(),
+        settings.workers,
+        this_process(settings.worker_id),
+    )
+    while not stop_event.wait(1.0):
+        if os.getppid() != parent_pid:
+            log.error("serve (pid %d) is gone: this worker process stops", parent_pid)
+            stop_event.set()
+    for worker in workers:
+        worker.join(timeout=30.0)
+    # Whatever is still ours (a job cut short, results not sent yet) goes back, not as a
+    # crash: also when serve is gone and no one else would hand it back soon.
+    try:
+        handed = store.queue.recover(owner=str(this_process(settings.worker_id)), crashed=False)
+    except (StoreError, DatabaseError, OSError):
+        log.exception("could not hand back the unfinished jobs")
+    else:
+        if any(handed.values()):
+            log.warning("stopped with jobs unfinished: handed back %s", handed)
+    audit.close()
+    store.close()
+    log.info("worker process %d stopped", os.getpid())
 
 
 class _HttpServer(uvicorn.Server):
     """Uvicorn without its signal re-raise: run_node owns SIGTERM/SIGINT, so the node
     stops in order (SCP, workers, store) and the process exits 0."""
 
+    #: Called with the signal: the worker processes are no longer restarted from then on
+    #: (systemd's SIGTERM reaches them too, and they stop on their own).
+    on_exit: Callable[[], None] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         def request_exit(signum: int, frame: object) -> None:
             log.info("signal %d received: stopping", signum)
             self.should_exit = True
+            if self.on_exit is not None:
+                self.on_exit()
 
         previous = {
             sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -327,7 +501,8 @@ def run_worker(settings: Settings) -> None:
     if not settings.database_url:
         log.warning("worker without database_url: it shares only this host's SQLite store")
     store = open_store(settings)
-    _, workers, stop_event = start_workers(settings, store)
+    audit = AuditTrail.from_settings(settings).start()
+    _, workers, stop_event = start_workers(settings, store, audit)
 
     def request_exit(signum: int, frame: object) -> None:
         log.info("signal %d received: stopping", signum)
@@ -340,6 +515,7 @@ def run_worker(settings: Settings) -> None:
     for worker in workers:
         worker.join(timeout=30.0)
     hand_back(store, settings, workers)
+    audit.close()
     log.info("worker %s stopped", settings.worker_id)
 
 
@@ -354,13 +530,14 @@ def run_node(settings: Settings) -> None:
             min_free_mb=settings.min_free_mb,
             version=__version__,
             settings=settings,
+            workers=node,
+            audit=node.audit,
         )
     )
-    server = _HttpServer(
-        uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
-        )
-    )
+    # Every HTTP limit (head, keep-alive, head size, concurrency, backlog) from the settings.
+    server = _HttpServer(server_config(app, settings))
+    if node.processes is not None:
+        server.on_exit = node.processes.begin_stop
     log.info("HTTP on http://%s:%d", settings.http_host, settings.http_port)
     try:
         server.run()

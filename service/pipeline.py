@@ -34,7 +34,12 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION, build_overlay_capture
+from dicom_node.capture import (
+    DEFAULT_SC_SERIES_DESCRIPTION,
+    OverlayGray,
+    build_overlay_capture,
+    overlay_gray,
+)
 from dicom_node.limits import read_dataset
 from dicom_node.pixels import DisplayImage, PixelDataError, display_image
 from dicom_node.provenance import DerivedObjectError, Provenance
@@ -42,8 +47,9 @@ from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION, build_segmentation
 from dicom_node.spacing import pixel_spacing
 from dicom_node.spool import write_atomically
 from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION, build_measurement_report
+from service import faults
 from service.inference import Segmenter
-from service.segmentation import LesionRules, Segmentation, segment_image
+from service.segmentation import LesionRules, Segmentation, segment_image, segment_prediction
 
 #: What to do with an instance the node stores but does not segment.
 Policy = Literal["skip", "fail"]
@@ -163,6 +169,7 @@ def check_policy(ds: Dataset, options: PipelineOptions) -> None:
 
 def decode_pixels(ds: Dataset, options: PipelineOptions) -> DisplayImage:
     """The display-ready image (dicom_node.pixels); undecodable pixel data FAILS with the reason."""
+    faults.before_decode(ds.get("SOPInstanceUID"))  # tests only (service/faults.py)
     try:
         return display_image(ds, voi_index=options.voi_index)
     except PixelDataError as exc:
@@ -183,10 +190,45 @@ def segment_instance(
     )
 
 
+def build_capture(
+    ds: Dataset,
+    image: DisplayImage | OverlayGray,
+    segmentation: Segmentation,
+    options: PipelineOptions,
+) -> Dataset:
+    """The overlay SC, from the display image or its gray picture made beforehand."""
+    try:
+        return build_overlay_capture(
+            source=ds,
+            image=image.pixels if isinstance(image, DisplayImage) else image,
+            mask=segmentation.mask,
+            provenance=options.provenance,
+            series_number=options.sc_series_number,
+            series_description=options.sc_series_description,
+            max_size=options.sc_max_size,
+            compression=options.sc_compression,
+        )
+    except DerivedObjectError as exc:
+        raise JobFailed(str(exc)) from exc
+
+
 def build_results(
-    ds: Dataset, display: DisplayImage, segmentation: Segmentation, options: PipelineOptions
+    ds: Dataset,
+    display: DisplayImage | None,
+    segmentation: Segmentation,
+    options: PipelineOptions,
+    *,
+    capture: Dataset | None = None,
 ) -> dict[str, Dataset]:
-    """SEG (none for an empty mask), SR and SC, in the order they are written and sent."""
+    """SEG (none for an empty mask), SR and SC, in the order they are written and sent.
+
+    ``capture`` is the SC if :func:`build_capture` has made it already (then
+    ``display`` may be None); otherwise it is made here from ``display``.
+    """
+    if capture is None:
+        if display is None:
+            raise ValueError("build_results needs the display image or the capture")
+        capture = build_capture(ds, display, segmentation, options)
     spacing = pixel_spacing(ds)
     try:
         seg = build_segmentation(
@@ -205,20 +247,10 @@ def build_results(
             series_number=options.sr_series_number,
             series_description=options.sr_series_description,
         )
-        sc = build_overlay_capture(
-            source=ds,
-            image=display.pixels,
-            mask=segmentation.mask,
-            provenance=options.provenance,
-            series_number=options.sc_series_number,
-            series_description=options.sc_series_description,
-            max_size=options.sc_max_size,
-            compression=options.sc_compression,
-        )
     except DerivedObjectError as exc:
         raise JobFailed(str(exc)) from exc
     # The SR right after the SEG it references; the SC, which nothing references, last.
-    built = {"seg": seg, "sr": sr, "sc": sc}
+    built = {"seg": seg, "sr": sr, "sc": capture}
     return {kind: result for kind, result in built.items() if result is not None}
 
 
@@ -258,9 +290,29 @@ def process_instance(
         ds = read_instance(path)
         check_policy(ds, options)
         display = decode_pixels(ds, options)
-    segmentation = segment_instance(ds, display, segmenter, options)
+        # The builders read attributes only: the stored pixels (27 MB at full size) go now.
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    # segment_instance in two halves, so that the full-size display image (54 MB at
+    # full size) goes once the model and the SC's picture are made from it: no two
+    # full-size float arrays are then alive at once.
+    spacing = pixel_spacing(ds)
+    prediction = segmenter.predict(display.pixels)
     with stage("postprocess_build_s"):
-        results = build_results(ds, display, segmentation, options)
+        gray = overlay_gray(display.pixels, options.sc_max_size)
+    padding = display.padding
+    del display
+    segmentation = segment_prediction(
+        prediction,
+        options.rules,
+        padding=padding,
+        spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
+    )
+    del prediction, padding
+    with stage("postprocess_build_s"):
+        capture = build_capture(ds, gray, segmentation, options)
+        results = build_results(ds, None, segmentation, options, capture=capture)
         files = write_results(results, options.outbox_dir / str(job_id))
     timings = stage.timings
     timings["preprocess_s"] = segmentation.seconds_preprocess

@@ -6,8 +6,9 @@ Two horizons, counted from the time a job finished (DONE, FAILED, SKIPPED):
   folder (the SEG, SC and SR) are deleted; the job row stays, marked
   ``purged_at``, so the dashboard and the API still tell what happened.
 - ``retention_audit_days``: the job row, its events and notes, and the
-  association audit rows started before then are deleted. The totals behind
-  the Prometheus counters survive in the store's ``counters`` table.
+  association audit rows started before then are deleted, and the audit
+  trail's day files (service/audit_trail.py) of the days before then. The
+  totals behind the Prometheus counters survive in the store's ``counters`` table.
 
 0 means forever, for either; the audit horizon is never shorter than the
 files' (service/settings.py). Optionally, ``retention_high_water_mb``: when
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from service.audit_trail import AuditTrail, audit_folder, delete_old_files
 from service.settings import Settings
 from service.store import Job, JobStore
 
@@ -51,6 +53,7 @@ class RetentionPolicy:
     outbox_dir: Path
     high_water_bytes: int = 0  # 0: off
     interval_s: float = 300.0
+    audit_dir: Path | None = None  # the audit trail's day files, kept audit_days
 
 
 @dataclass
@@ -62,6 +65,7 @@ class SweepCounts:
     job_rows: int = 0
     event_rows: int = 0
     association_rows: int = 0
+    audit_files: int = 0  # day files of the audit trail (service/audit_trail.py)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
@@ -76,6 +80,7 @@ COUNTER_NAMES = {
     "files": "retention.files",
     "bytes": "retention.bytes",
     "high_water_jobs": "retention.high_water_jobs",
+    "audit_files": "retention.audit_files",
 }
 
 
@@ -140,10 +145,24 @@ def sweep(
     *,
     now: float | None = None,
     free_bytes: Callable[[Path], int] = _free_bytes,
+    audit: AuditTrail | None = None,
 ) -> SweepCounts:
-    """One pass: files past their horizon, then the high-water mark, then old rows."""
+    """One pass: files past their horizon, then the high-water mark, then old rows.
+
+    With ``audit``, the deleted files get DICOM Instances Accessed (Delete) messages,
+    one per study; the trail's own day files past ``audit_days`` go too.
+    """
     now = time.time() if now is None else now
     counts = SweepCounts()
+    purged: dict[str, list[tuple[Job, str | None]]] = {"age": [], "free disk": []}
+
+    def purge(job: Job, why: str) -> bool:
+        patient = audit.patient_hash(job.path) if audit else None  # before the file goes
+        if not purge_job_files(store, job, policy, counts, now=now):
+            return False
+        purged[why].append((job, patient))
+        return True
+
     if policy.files_days:
         cutoff = now - policy.files_days * DAY_S
         seen: set[int] = set()
@@ -154,7 +173,7 @@ def sweep(
         ]:
             for job in batch:
                 seen.add(job.id)
-                purge_job_files(store, job, policy, counts, now=now)
+                purge(job, "age")
     if policy.high_water_bytes and free_bytes(policy.data_dir) < policy.high_water_bytes:
         seen = set()
         while free_bytes(policy.data_dir) < policy.high_water_bytes and (
@@ -164,7 +183,7 @@ def sweep(
         ):
             for job in batch:
                 seen.add(job.id)
-                if purge_job_files(store, job, policy, counts, now=now):
+                if purge(job, "free disk"):
                     counts.high_water_jobs += 1
                 if free_bytes(policy.data_dir) >= policy.high_water_bytes:
                     break
@@ -180,6 +199,13 @@ def sweep(
             n := store.housekeeping.delete_associations(started_before=cutoff, limit=BATCH * 10)
         ) > 0:
             counts.association_rows += n
+        if policy.audit_dir is not None:
+            counts.audit_files = delete_old_files(policy.audit_dir, before=cutoff)
+    if audit is not None:
+        for why, jobs in purged.items():
+            reason = f"older than {policy.files_days:g} days" if why == "age" else why
+            if jobs:
+                audit.retention_deleted(jobs, reason=reason)
     store.housekeeping.add_counters(
         {COUNTER_NAMES[k]: v for k, v in counts.as_dict().items() if k in COUNTER_NAMES}
     )
@@ -189,10 +215,17 @@ def sweep(
 class RetentionSweeper(threading.Thread):
     """Runs :func:`sweep` every ``interval_s`` (the first soon after start-up)."""
 
-    def __init__(self, store: JobStore, policy: RetentionPolicy, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        policy: RetentionPolicy,
+        stop: threading.Event,
+        audit: AuditTrail | None = None,
+    ) -> None:
         super().__init__(name="retention", daemon=True)
         self.store = store
         self.policy = policy
+        self.audit = audit
         self.stop_event = stop
         self.sweeps = 0
 
@@ -201,7 +234,7 @@ class RetentionSweeper(threading.Thread):
         while not self.stop_event.wait(delay):
             delay = self.policy.interval_s
             try:
-                counts = sweep(self.store, self.policy)
+                counts = sweep(self.store, self.policy, audit=self.audit)
             except Exception:  # boundary: a failed sweep is retried at the next interval
                 log.exception("retention sweep failed; next in %.0f s", delay)
                 continue
@@ -209,7 +242,7 @@ class RetentionSweeper(threading.Thread):
             if counts:
                 log.info(
                     "retention: files of %d jobs deleted (%d files, %d MB; %d for free disk), "
-                    "%d job rows, %d event rows, %d association rows",
+                    "%d job rows, %d event rows, %d association rows, %d audit files",
                     counts.jobs_purged,
                     counts.files,
                     counts.bytes >> 20,
@@ -217,6 +250,7 @@ class RetentionSweeper(threading.Thread):
                     counts.job_rows,
                     counts.event_rows,
                     counts.association_rows,
+                    counts.audit_files,
                     extra={"event": "retention_sweep", **counts.as_dict()},
                 )
 
@@ -230,4 +264,5 @@ def policy_from(settings: Settings) -> RetentionPolicy:
         outbox_dir=settings.outbox_dir,
         high_water_bytes=settings.retention_high_water_mb << 20,
         interval_s=settings.retention_interval_s,
+        audit_dir=audit_folder(settings),
     )

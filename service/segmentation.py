@@ -5,13 +5,15 @@ The DICOM pipeline (:func:`service.pipeline.process_instance`), the upload API
 all call :func:`segment_image`; the SR, the upload JSON and the CLI JSON are
 views of its :class:`Segmentation`. Its steps:
 
-1. :meth:`Segmenter.predict`: the contract's preprocessing, ONNX Runtime, and
-   the probability map back on the source matrix (``service.imaging.preprocess``);
-2. padding (PS3.3 C.7.5.1.1.2) is never tissue: probability 0 there (the
-   display pipeline has already set those pixels to black before the model);
-3. :func:`service.imaging.lesions.find_lesions`: threshold, one labelling,
-   specks under :func:`~service.imaging.lesions.minimum_area_px` dropped,
-   measurements.
+1. :meth:`Segmenter.predict`: the contract's preprocessing and ONNX Runtime;
+   the probability map stays at model resolution, with the source box it covers;
+2. :func:`service.imaging.lesions.find_lesions_in_map`: the map on the source
+   matrix, thresholded, labelled once, specks under
+   :func:`~service.imaging.lesions.minimum_area_px` dropped, measured; padding
+   (PS3.3 C.7.5.1.1.2) is never tissue: probability 0 there (the display
+   pipeline has already set those pixels to black before the model). Only the
+   boxes around the model's candidates are upsampled to the source matrix, with
+   the values a whole upsampling would give.
 
 The lesion rules (threshold and minimum area) come from :class:`LesionRules`,
 built in one place from the settings and the model contract.
@@ -26,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.contract import ModelContract
-from service.imaging.lesions import Lesion, find_lesions, minimum_area_px
-from service.inference import Segmenter
+from service.imaging.lesions import Lesion, find_lesions_in_map, minimum_area_px
+from service.inference import Prediction, Segmenter
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -79,22 +81,40 @@ def segment_image(
     ``padding`` (bool, same shape) marks Pixel Padding Value pixels; ``spacing_mm``
     is (row, column) in mm, or None for measurements in pixels.
     """
-    prediction = segmenter.predict(pixels)
+    return segment_prediction(
+        segmenter.predict(pixels), rules, padding=padding, spacing_mm=spacing_mm
+    )
+
+
+def segment_prediction(
+    prediction: Prediction,
+    rules: LesionRules,
+    *,
+    padding: np.ndarray | None = None,
+    spacing_mm: tuple[float, float] | None = None,
+) -> Segmentation:
+    """The second half of :func:`segment_image`: lesions from the model's prediction.
+
+    For a caller that lets the image go between the two halves (the DICOM
+    pipeline drops the full-size display image once the model has seen it).
+    """
     start = time.perf_counter()
-    probability = prediction.probability
-    if padding is not None:
-        probability[padding] = 0.0  # predict returns a fresh array of its own
-    min_area_px = minimum_area_px(rules.min_lesion_area_mm2, spacing_mm, pixels.shape)
-    mask, lesions = find_lesions(
-        probability, rules.threshold, min_area_px=min_area_px, spacing_mm=spacing_mm
+    prob_map = prediction.probability_map
+    min_area_px = minimum_area_px(rules.min_lesion_area_mm2, spacing_mm, prob_map.shape)
+    found = find_lesions_in_map(
+        prob_map,
+        rules.threshold,
+        min_area_px=min_area_px,
+        spacing_mm=spacing_mm,
+        padding=padding,
     )
     return Segmentation(
-        mask=mask,
-        lesions=lesions,
+        mask=found.mask,
+        lesions=found.lesions,
         spacing_mm=spacing_mm,
         threshold=rules.threshold,
         min_area_px=min_area_px,
-        max_probability=float(probability.max(initial=0.0)),
+        max_probability=found.max_probability,
         seconds_preprocess=prediction.seconds_preprocess,
         seconds_infer=prediction.seconds_infer,
         seconds_lesions=time.perf_counter() - start,

@@ -8,6 +8,8 @@ in ``deploy/mammoseg.example.toml`` and ``deploy/README.md``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -25,15 +27,22 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_node.capture import DEFAULT_SC_SERIES_DESCRIPTION
-from dicom_node.scu import Destination
+from dicom_node.scu import DESTINATION_FORMS, Destination
 from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION
 from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION
+from dicom_node.tls import DEFAULT_TLS_CIPHERS, check_ciphers
 from dicom_node.uids import is_valid_uid_root
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "mammoseg-mnv2-resunet.onnx"
 # pydicom's registered root; sites should configure their own (deploy/README.md).
 DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
 MIN_TOKEN_LENGTH = 16
+#: Host header values served by default (service/http_edge.py), with http_host when concrete.
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: http_host values that bind every interface: they name no host, so none is added.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})  # noqa: S104 (not a bind)
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
 
 
 SECRET_SETTINGS = frozenset({"viewer_token", "admin_token", "database_url"})
@@ -65,6 +74,19 @@ def _split_list(value: Any) -> Any:
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
+def _destination_list(value: Any) -> Any:
+    """Strings as they are; a config-file table ``{ae_title, host, port, tls, ca_file...}``
+    becomes its string form (``tls://AET@HOST:PORT?ca_file=...``, dicom_node/scu.py)."""
+    value = _split_list(value)
+    if isinstance(value, list):
+        return [Destination.from_table(v).spec if isinstance(v, dict) else v for v in value]
+    return value
+
+
+DestinationList = Annotated[list[str], NoDecode, BeforeValidator(_destination_list)]
+CallerNames = dict[str, Annotated[list[str], BeforeValidator(_split_list)]]
+
+
 class Settings(BaseSettings):
     """Everything the node can be told; validated at once, bad values stop start-up."""
 
@@ -80,12 +102,27 @@ class Settings(BaseSettings):
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    destinations: StrList = Field(default_factory=list, description="AET@HOST:PORT, repeatable")
+    destinations: DestinationList = Field(
+        default_factory=list, description=f"{DESTINATION_FORMS}; repeatable"
+    )
     allowed_callers: StrList = Field(
         default_factory=list, description="Calling AE titles allowed in; empty allows any"
     )
     model_path: Path = DEFAULT_MODEL
     workers: int = Field(default=1, ge=1, le=16)
+    worker_processes: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="serve: child processes that run the workers (decode, infer, build, send), "
+        "restarted when one dies, so a decoder crash never takes down the SCP or HTTP; "
+        "0: the workers run in the serve process itself",
+    )
+    test_fault_injection: bool = Field(
+        default=False,
+        description="Tests only: honour MAMMOSEG_TEST_ABORT_ON_UID (the decode step aborts "
+        "its process on that SOP Instance UID); never in production",
+    )
     inference_threads: int = Field(default=0, ge=0, le=64, description="0: ONNX Runtime decides")
     min_lesion_area_mm2: float = Field(default=10.0, ge=0.0)
     threshold: float | None = Field(
@@ -120,6 +157,32 @@ class Settings(BaseSettings):
         ge=0,
         le=200,
         description="Associations at once from one IP address (0: only max_associations)",
+    )
+    # DICOM (SCP) timeouts, docs/security.md. The SCU's is send_timeout_s.
+    dicom_request_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Seconds from the connection (after TLS) to the first byte of the "
+        "A-ASSOCIATE-RQ; a silent socket is closed and never holds an association slot",
+    )
+    dicom_acse_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="ACSE timeout: the whole A-ASSOCIATE-RQ, and the release",
+    )
+    dicom_dimse_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="DIMSE timeout: a message in an association"
+    )
+    dicom_network_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds of silence on an open association before it is aborted",
+    )
+    dicom_tls_handshake_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="TLS handshake on the DICOM port"
     )
     min_free_mb: int = Field(
         default=200, ge=0, description="Below this free disk, refuse with 0xA700"
@@ -156,6 +219,17 @@ class Settings(BaseSettings):
     tls_require_client_cert: bool = Field(
         default=False, description="Refuse TLS clients without a certificate from tls_ca_file"
     )
+    tls_ciphers: str = Field(
+        default=DEFAULT_TLS_CIPHERS,
+        min_length=1,
+        description="TLS 1.2 cipher suites (OpenSSL list), both directions; default: the "
+        "BCP 195 non-downgrading profile (ECDHE with AES-GCM or ChaCha20-Poly1305)",
+    )
+    tls_caller_names: CallerNames = Field(
+        default_factory=dict,
+        description="Calling AE title -> client certificate CN or DNS subjectAltName values "
+        "it must present (TLS with tls_ca_file)",
+    )
     # HTTP access (service/access.py). Tokens have no default: admin actions stay refused
     # until admin_token is set.
     viewer_token: SecretStr | None = Field(
@@ -166,13 +240,61 @@ class Settings(BaseSettings):
     )
     read_access: Literal["token", "loopback", "open"] = Field(
         default="loopback",
-        description="token: a token for every read; loopback: no token from 127.0.0.1/::1; "
-        "open: no token (trusted network only)",
+        description="token: a token for every read; loopback: no token from 127.0.0.1/::1 "
+        "unless through a proxy; open: no token (trusted network only)",
     )
     show_patient_data: bool = Field(
-        default=False, description="Show patient name, ID, birth date in job details"
+        default=False,
+        description="Show patient name, ID, birth date in job details (to a token or a "
+        "session only, never to a tokenless loopback read)",
     )
     max_upload_mb: int = Field(default=64, ge=1, le=2048, description="POST /api/v1/segment")
+    # HTTP behind a proxy, and its limits (service/http_edge.py, service/body_limit.py).
+    trusted_proxies: StrList = Field(
+        default_factory=list,
+        description="Proxy addresses or CIDR networks whose X-Forwarded-For and "
+        "X-Forwarded-Proto are honoured; none: those headers are ignored",
+    )
+    allowed_hosts: StrList = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_HOSTS),
+        description="Host header names served (and http_host unless a wildcard); "
+        "'*.example.org' for subdomains, '*' for any; other hosts get 400",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request line and headers must all arrive within this (from the "
+        "connection or the previous response), else the connection is closed",
+    )
+    http_body_idle_timeout_s: float = Field(
+        default=15.0, gt=0, le=3600, description="A request body pausing longer gets 408"
+    )
+    http_body_total_timeout_s: float = Field(
+        default=300.0, gt=0, le=86400, description="A request body taking longer in all gets 408"
+    )
+    http_keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this"
+    )
+    http_max_header_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head (line and headers); larger gets 400",
+    )
+    http_limit_concurrency: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="Connections plus requests in progress beyond which requests get 503 "
+        "(0: no limit)",
+    )
+    http_backlog: int = Field(
+        default=2048, ge=1, le=65535, description="Listen backlog of the HTTP socket"
+    )
+    http_shutdown_timeout_s: int = Field(
+        default=10, ge=1, le=3600, description="On SIGTERM, wait this long for open requests"
+    )
     # Long life (issue 12): poison pills, retention.
     quarantine_after: int = Field(
         default=3,
@@ -198,6 +320,36 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=300.0, gt=0, description="How often the retention sweep runs"
     )
+    # Audit trail (issue 12; service/audit_trail.py, docs/security.md "Audit trail"): DICOM
+    # audit messages (PS3.15 A.5), one file per UTC day under audit_dir, kept for
+    # retention_audit_days; optionally also sent to a syslog server over TLS (RFC 5425).
+    audit_dir: Path | None = Field(
+        default=None, description="Audit message files, one per UTC day; none: data_dir/audit"
+    )
+    audit_syslog: str | None = Field(
+        default=None, description="HOST:PORT of a syslog server (RFC 5424 over TLS, RFC 5425)"
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        default=None, description="CA of the syslog server's certificate; none: the system's"
+    )
+    audit_syslog_cert_file: Path | None = Field(
+        default=None, description="Client certificate for the syslog server (PEM)"
+    )
+    audit_syslog_key_file: Path | None = Field(default=None, description="Its private key (PEM)")
+    audit_hashed_patient_ids: bool = Field(
+        default=False,
+        description="Add a keyed SHA-256 of the Patient ID (never the ID itself) to messages",
+    )
+
+    @field_validator("audit_syslog")
+    @classmethod
+    def _audit_syslog(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"audit_syslog {value!r} must be HOST:PORT")
+        return value.strip()
 
     @field_validator("ae_title")
     @classmethod
@@ -220,6 +372,22 @@ class Settings(BaseSettings):
         for value in values:
             Destination.parse(value)
         return values
+
+    @field_validator("tls_ciphers")
+    @classmethod
+    def _tls_ciphers(cls, value: str) -> str:
+        check_ciphers(value)
+        return value
+
+    @field_validator("tls_caller_names")
+    @classmethod
+    def _tls_caller_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for ae, names in value.items():
+            if not 0 < len(ae) <= 16 or ae != ae.strip() or "\\" in ae or not ae.isascii():
+                raise ValueError(f"tls_caller_names: {ae!r} is not an AE title")
+            if not names or any(not name.strip() for name in names):
+                raise ValueError(f"tls_caller_names: {ae} needs at least one non-empty name")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -253,6 +421,11 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_require_client_cert and self.tls_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_ca_file")
+        if self.tls_caller_names and (self.tls_cert_file is None or self.tls_ca_file is None):
+            raise ValueError(
+                "tls_caller_names needs TLS with client certificates: tls_cert_file, "
+                "tls_key_file and tls_ca_file"
+            )
         return self
 
     @model_validator(mode="after")
@@ -268,6 +441,51 @@ class Settings(BaseSettings):
             raise ValueError("viewer_token and admin_token must differ")
         if self.show_patient_data and self.read_access == "open":
             raise ValueError("show_patient_data needs read_access 'token' or 'loopback'")
+        return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {value!r} is not an IP address or CIDR network"
+                ) from None
+        return [value.strip() for value in values]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, values: list[str]) -> list[str]:
+        hosts = []
+        for value in values:
+            host = value.strip().lower().rstrip(".")
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if host != "*" and not _HOST_NAME.match(host):
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    raise ValueError(
+                        f"allowed_hosts: {value!r} is not a host name, an IP address, "
+                        "'*.domain' or '*' (leave out scheme and port)"
+                    ) from None
+            hosts.append(host)
+        return hosts
+
+    @model_validator(mode="after")
+    def _http(self) -> Settings:
+        if self.http_body_total_timeout_s < self.http_body_idle_timeout_s:
+            raise ValueError(
+                f"http_body_total_timeout_s ({self.http_body_total_timeout_s:g}) must be at "
+                f"least http_body_idle_timeout_s ({self.http_body_idle_timeout_s:g})"
+            )
+        if not self.host_allow_list:
+            raise ValueError(
+                "allowed_hosts is empty and http_host is a wildcard: every request would be "
+                "refused ('*' allows any Host)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -298,8 +516,17 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs.sqlite3"
 
     @property
+    def host_allow_list(self) -> list[str]:
+        """``allowed_hosts`` and ``http_host`` (unless it binds every interface)."""
+        hosts = list(self.allowed_hosts)
+        own = self.http_host.strip().lower().strip("[]")
+        if own not in WILDCARD_HOSTS and own not in hosts:
+            hosts.append(own)
+        return hosts
+
+    @property
     def destination_list(self) -> list[Destination]:
-        return [Destination.parse(text) for text in self.destinations]
+        return [Destination.parse(text, ciphers=self.tls_ciphers) for text in self.destinations]
 
 
 def config_file_from(flag: Path | None, environ: Mapping[str, str]) -> Path | None:

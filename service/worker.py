@@ -23,9 +23,11 @@ from pathlib import Path
 from pydicom import dcmread
 
 from dicom_node.scu import Destination, SendError, send_files
+from service.audit_trail import AuditTrail
 from service.inference import Segmenter
 from service.pipeline import JobFailed, JobSkipped, PipelineOptions, process_instance
 from service.store import Job, JobState, JobStore
+from service.store.owners import stopped_here
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +125,10 @@ class WorkerContext:
     send_timeout_s: float
     retry: RetryPolicy
     poll_interval_s: float
-    worker_id: str = ""
-    stale_claim_s: float | None = None  # shared store: take back jobs dead processes left
+    worker_id: str = ""  # the claims' owner: this process (service/store/owners.py)
+    stale_claim_s: float | None = None  # take back jobs that processes which stopped left
     heartbeat: Heartbeat | None = None
+    audit: AuditTrail | None = None  # results sent: DICOM Instances Transferred messages
 
 
 @contextmanager
@@ -261,7 +264,11 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
             send_files(destination, files, calling_ae=ctx.calling_ae, timeout_s=ctx.send_timeout_s)
         except (SendError, OSError, RuntimeError) as exc:
             errors.append(f"{destination}: {exc}")
+            if ctx.audit is not None:
+                ctx.audit.results_sent(job, destination, error=str(exc))
             continue
+        if ctx.audit is not None:
+            ctx.audit.results_sent(job, destination)
         delivered.append(destination.name)
         ctx.store.queue.update(job.id, delivered=delivered)
     now = time.time()
@@ -378,7 +385,10 @@ class Sender(threading.Thread):
             try:
                 if self.ctx.stale_claim_s and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + min(60.0, self.ctx.stale_claim_s / 2)
-                    taken = store.queue.recover(stale_after_s=self.ctx.stale_claim_s)
+                    # Stale heartbeats, and claims of processes of this host that are gone.
+                    taken = store.queue.recover(
+                        stale_after_s=self.ctx.stale_claim_s, stopped=stopped_here
+                    )
                     if any(taken.values()):
                         log.warning("took back jobs left by a stopped process: %s", taken)
                 try:

@@ -77,9 +77,12 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "poll_interval_s": 0.05,
         "retry_initial_s": 0.2,
         "retry_max_s": 0.5,
+        "worker_processes": 0,  # the workers in this process (tests look at them)
         "viewer_token": VIEWER,
         "admin_token": ADMIN,
         "read_access": "token",
+        # TestClient's requests say "Host: testserver".
+        "allowed_hosts": ["localhost", "127.0.0.1", "::1", "testserver"],
     }
     values.update(overrides)
     return load_settings(**values)
@@ -114,6 +117,7 @@ def node_state(node: Node) -> NodeState:
         min_free_mb=node.settings.min_free_mb,
         version="test",
         settings=node.settings,
+        audit=node.audit,
     )
 
 

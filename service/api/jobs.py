@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,10 +14,11 @@ from fastapi.responses import Response
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.limits import HEADER_ALLOWANCE_BYTES, read_dataset
-from service.api.deps import AdminDep, NodeDep, NodeState, ReaderDep
+from service.api.deps import AdminDep, Caller, NodeDep, NodeState, ReaderDep
 from service.api.images import ImageUnavailable, thumbnail
 from service.api.problems import problem_responses
 from service.api.schemas import JobDetail, JobOut, JobPage, PatientOut
+from service.audit_trail import AdminAction, audited
 from service.store import Job, JobConflict, JobFilter, JobNotFound, JobState
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -37,7 +39,8 @@ _IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     **problem_responses(
         {
-            403: "The image has burned-in annotation and show_patient_data is off",
+            403: "The image has burned-in annotation, and show_patient_data is off or the "
+            "read has no token",
             404: "No such job, or no such image (yet, or any more)",
             422: "The image cannot be decoded",
         }
@@ -75,8 +78,9 @@ def patient_of(job: Job) -> PatientOut | None:
     )
 
 
-def job_detail(node: NodeState, job: Job) -> JobDetail:
-    patient = patient_of(job) if node.settings.show_patient_data else None
+def job_detail(node: NodeState, job: Job, caller: Caller) -> JobDetail:
+    """The job with its events; patient data only for a caller allowed to see it."""
+    patient = patient_of(job) if caller.may_see_patient_data(node.settings) else None
     return JobDetail.detail(job, node.store.reads.events(job.id), patient=patient)
 
 
@@ -120,24 +124,40 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses=_ERRORS)
-def get_job(job_id: int, node: NodeDep, _: ReaderDep) -> JobDetail:
-    return job_detail(node, existing_job(node, job_id))
+def get_job(job_id: int, node: NodeDep, caller: ReaderDep) -> JobDetail:
+    """Patient name, ID and birth date only with show_patient_data and a token or session."""
+    return job_detail(node, existing_job(node, job_id), caller)
+
+
+def admin_audit(
+    node: NodeState, caller: Caller, job_id: int, action: str
+) -> AbstractContextManager[AdminAction]:
+    """The audit message of an admin action on a job (Security Alert, done or refused)."""
+    return audited(
+        node.audit,
+        action=action,
+        uri=f"/api/v1/jobs/{job_id}/{action}",
+        role=caller.role.name.lower(),
+        host=caller.host,
+    )
 
 
 @router.post("/{job_id}/retry", response_model=JobDetail, responses=_ACTION_ERRORS)
-def retry_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
+def retry_job(job_id: int, node: NodeDep, caller: AdminDep) -> JobDetail:
     """Send a FAILED or RETRYING job's results again, now (the results are not rebuilt)."""
-    try:
-        job = node.store.admin.retry(job_id, detail="retry requested by an admin")
-    except JobNotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except JobConflict as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return job_detail(node, job)
+    with admin_audit(node, caller, job_id, "retry") as action:
+        try:
+            job = node.store.admin.retry(job_id, detail="retry requested by an admin")
+        except JobNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except JobConflict as exc:
+            raise HTTPException(409, str(exc)) from exc
+        action.of_job(job)
+    return job_detail(node, job, caller)
 
 
 @router.post("/{job_id}/reprocess", response_model=JobDetail, responses=_ACTION_ERRORS)
-def reprocess_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
+def reprocess_job(job_id: int, node: NodeDep, caller: AdminDep) -> JobDetail:
     """Run a finished job again from the received instance; its old results are deleted."""
     outbox = node.settings.outbox_dir
 
@@ -148,15 +168,17 @@ def reprocess_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
         if folder.exists():
             shutil.rmtree(folder)
 
-    try:
-        job = node.store.admin.reprocess(
-            job_id, before_commit=clear_outbox, detail="reprocess requested by an admin"
-        )
-    except JobNotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except JobConflict as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return job_detail(node, job)
+    with admin_audit(node, caller, job_id, "reprocess") as action:
+        try:
+            job = node.store.admin.reprocess(
+                job_id, before_commit=clear_outbox, detail="reprocess requested by an admin"
+            )
+        except JobNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except JobConflict as exc:
+            raise HTTPException(409, str(exc)) from exc
+        action.of_job(job)
+    return job_detail(node, job, caller)
 
 
 @router.get(
@@ -165,13 +187,13 @@ def reprocess_job(job_id: int, node: NodeDep, _: AdminDep) -> JobDetail:
     responses={200: {"content": {"image/png": {}}}, **_IMAGE_ERRORS},
 )
 async def job_image(
-    job_id: int, kind: Literal["input", "overlay"], node: NodeDep, _: ReaderDep
+    job_id: int, kind: Literal["input", "overlay"], node: NodeDep, caller: ReaderDep
 ) -> Response:
     """A thumbnail (512 px) of the received image or of the overlay Secondary Capture."""
     job = existing_job(node, job_id)
     try:
         png = await run_in_threadpool(
-            thumbnail, job, kind, allow_burned_in=node.settings.show_patient_data
+            thumbnail, job, kind, allow_burned_in=caller.may_see_patient_data(node.settings)
         )
     except ImageUnavailable as exc:
         raise HTTPException(exc.status, str(exc)) from exc

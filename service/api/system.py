@@ -25,6 +25,7 @@ from service.api.schemas import (
     Throughput,
     utc,
 )
+from service.audit_trail import audited
 from service.segmentation import LesionRules
 from service.stats import per_bucket, stage_latencies
 from service.store import ASSOCIATION_OUTCOMES, JobState
@@ -168,9 +169,18 @@ def echo_destination(node: NodeState, destination: Destination) -> EchoOut:
     tags=["destinations"],
     responses=_ECHO_ERRORS,
 )
-def echo_test(name: str, node: NodeDep, _: AdminDep) -> EchoOut:
+def echo_test(name: str, node: NodeDep, caller: AdminDep) -> EchoOut:
     """C-ECHO the destination (PS3.7 9.1.5); ``ok`` false says why it failed."""
-    return echo_destination(node, find_destination(node, name))
+    with audited(
+        node.audit,
+        action="echo",
+        uri=f"/api/v1/destinations/{name}/echo",
+        role=caller.role.name.lower(),
+        host=caller.host,
+    ) as action:
+        answer = echo_destination(node, find_destination(node, name))
+        action.detail = f"C-ECHO {answer.destination}: {'ok' if answer.ok else answer.detail}"
+    return answer
 
 
 @router.get(

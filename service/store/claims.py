@@ -11,17 +11,19 @@ Exactly once (issue 12): a unique partial index allows one open job per SOP
 Instance UID, and :meth:`JobQueue.admit` inserts or does nothing, so two
 associations storing one UID at once make one job. An instance received again
 with identical content after its job finished is not a new job (a note on the
-old one records it). Claims carry a heartbeat, so the stale sweep takes back
-only claims whose process stopped; a claim taken back unfinished counts as a
-crash, and after ``quarantine_after`` of them the job is FAILED for good
-("quarantined"), so a poison pill cannot bring the node down in a loop.
+old one records it). Claims carry a heartbeat and an owner that names one
+process (``NAME#PID@HOST``, service/store/owners.py), so recovery takes back
+only claims whose process stopped, never the live claims of another process on
+the same store; a claim taken back unfinished counts as a crash, and after
+``quarantine_after`` of them the job is FAILED for good ("quarantined"), so a
+poison pill cannot bring the node down in a loop.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.db import Connection, Pool, Row
@@ -243,21 +245,36 @@ class JobQueue:
             )
             return int(cur.rowcount)
 
+    def held_by(self, owner: str) -> list[Job]:
+        """The jobs ``owner`` holds now (PROCESSING or SENDING), oldest first."""
+        with self.pool.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE owner = :owner AND state IN :held ORDER BY id",
+                {"owner": owner, "held": [JobState.PROCESSING.value, JobState.SENDING.value]},
+            ).fetchall()
+        return [row_to_job(row) for row in rows]
+
     def recover(
         self,
         *,
         owner: str | None = None,
         stale_after_s: float | None = None,
+        stopped: Callable[[str], bool] | None = None,
         crashed: bool = True,
         now: float | None = None,
     ) -> dict[str, int]:
         """Put interrupted work back: PROCESSING -> RECEIVED, SENDING -> RETRYING (due now).
 
-        With no arguments every such job is taken back (one node on its own
-        SQLite store, at start-up). When several processes share a store, a
-        process takes back its own jobs (``owner``) and those whose holder
-        has shown no sign of life (heartbeat, else last update) for
-        ``stale_after_s`` (it died).
+        With no arguments every such job is taken back (a store no process
+        uses any more: tests, tools). Otherwise a claim is taken back when any
+        of these holds: its owner is ``owner`` (a process handing back its own
+        work, or a supervisor the work of a worker process that died); its
+        holder has shown no sign of life (heartbeat, and last update) for
+        ``stale_after_s``; ``stopped(owner)`` says its process is gone
+        (service/store/owners.py: a pid no longer running on this host). A
+        claim whose heartbeat is fresh and whose process runs is never taken,
+        so processes sharing one store (``serve``, its worker processes, a
+        ``mammoseg worker`` on the same host) leave each other's claims alone.
 
         A PROCESSING job taken back is a crashed attempt: the process died
         while it held it, perhaps because of it. After ``quarantine_after``
@@ -267,18 +284,18 @@ class JobQueue:
         could not finish; that is no crashed attempt.
         """
         now = time.time() if now is None else now
-        scope, params = "", dict[str, Any]()
-        if owner is not None or stale_after_s is not None:
-            parts = []
-            if owner is not None:
-                parts.append("owner = :owner")
-                params["owner"] = owner
-            if stale_after_s is not None:
-                parts.append(
-                    "(updated_at < :cutoff AND (heartbeat_at IS NULL OR heartbeat_at < :cutoff))"
-                )
-                params["cutoff"] = now - stale_after_s
-            scope = " AND (" + " OR ".join(parts) + ")"
+        everything = owner is None and stale_after_s is None and stopped is None
+        cutoff = None if stale_after_s is None else now - stale_after_s
+
+        def taken_back(row: Row) -> bool:
+            if everything or (owner is not None and row["owner"] == owner):
+                return True
+            if cutoff is not None and row["updated_at"] < cutoff:
+                beat = row["heartbeat_at"]
+                if beat is None or beat < cutoff:
+                    return True
+            return stopped is not None and stopped(str(row["owner"]))
+
         counts = {"processing": 0, "sending": 0, "quarantined": 0}
         with self.pool.write() as conn:
             for state, to, key in (
@@ -286,11 +303,11 @@ class JobQueue:
                 (JobState.SENDING, JobState.RETRYING, "sending"),
             ):
                 rows = conn.execute(
-                    f"SELECT id, crashes FROM jobs WHERE state = :state{scope}"
-                    + conn.backend.skip_locked,
-                    {"state": state.value, **params},
+                    "SELECT id, crashes, owner, updated_at, heartbeat_at FROM jobs "
+                    "WHERE state = :state" + conn.backend.skip_locked,
+                    {"state": state.value},
                 ).fetchall()
-                for row in rows:
+                for row in filter(taken_back, rows):
                     job_id = int(row["id"])
                     if to is JobState.RECEIVED:
                         crashes = int(row["crashes"]) + (1 if crashed else 0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.testkit.processes import ProcessError, free_port, stop_process
+from service.testkit.processes import ProcessError, free_port, process_tree, stop_process
 
 DEFAULT_AET = "MAMMOSEG"
 #: Environment every launched node gets unless the caller says otherwise: a nearly
@@ -85,17 +85,32 @@ class NodeProcess:
                 return items
 
     def status_kb(self, field_name: str) -> int:
-        """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM)."""
+        """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM), summed over the node's
+        processes: serve and its worker processes (``worker_processes``)."""
         text = Path(f"/proc/{self.pid}/status").read_text()
         match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
         if match is None:
             raise ProcessError(f"/proc/{self.pid}/status has no {field_name}")
-        return int(match.group(1))
+        total = int(match.group(1))
+        for child in process_tree(self.pid)[1:]:
+            try:
+                text = Path(f"/proc/{child}/status").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
+            total += int(match.group(1)) if match else 0
+        return total
 
     def tensorflow_mapped(self) -> list[str]:
-        """Shared objects of TensorFlow in the node's memory map (empty: never loaded)."""
-        maps = Path(f"/proc/{self.pid}/maps").read_text()
-        return sorted({line.split()[-1] for line in maps.splitlines() if "tensorflow" in line})
+        """Shared objects of TensorFlow in the node's processes' memory (empty: never loaded)."""
+        found: set[str] = set()
+        for pid in process_tree(self.pid):
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            found |= {line.split()[-1] for line in maps.splitlines() if "tensorflow" in line}
+        return sorted(found)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

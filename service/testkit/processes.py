@@ -6,10 +6,25 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 
 class ProcessError(RuntimeError):
     """A child process did not start, exited early or does not answer (the message says why)."""
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc): serve and its worker processes."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in children.read_text().split())
+            except OSError:  # the thread or the process is gone
+                continue
+    return tree
 
 
 def free_port() -> int:

@@ -63,7 +63,7 @@ TEMPLATES.env.filters["secs"] = _secs
 
 def page_reader(request: Request, caller: CallerDep) -> Caller:
     policy: AccessPolicy = request.app.state.access
-    if not policy.may_read(caller.role, caller.host):
+    if not caller.may_read(policy):
         raise LoginRequired
     return caller
 
@@ -192,19 +192,19 @@ def jobs_fragment(request: Request, node: NodeDep, caller: PageDep) -> Response:
     return render(request, "_job_rows.html", caller, **_jobs(node, request))
 
 
-def _job(node: NodeState, job_id: int) -> dict[str, Any]:
+def _job(node: NodeState, job_id: int, caller: Caller) -> dict[str, Any]:
     job = existing_job(node, job_id)
-    return {"job": job_detail(node, job)}
+    return {"job": job_detail(node, job, caller)}
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: int, node: NodeDep, caller: PageDep) -> Response:
-    return render(request, "job.html", caller, **_job(node, job_id))
+    return render(request, "job.html", caller, **_job(node, job_id, caller))
 
 
 @router.get("/fragments/jobs/{job_id}", response_class=HTMLResponse)
 def job_fragment(request: Request, job_id: int, node: NodeDep, caller: PageDep) -> Response:
-    return render(request, "_job.html", caller, **_job(node, job_id))
+    return render(request, "_job.html", caller, **_job(node, job_id, caller))
 
 
 # -- destinations, associations, model ------------------------------------
@@ -282,6 +282,19 @@ def login_page(request: Request, caller: CallerDep, next: str = "/") -> Response
     return render(request, "login.html", caller, next=_safe_next(next))
 
 
+def _audit_sign_in(request: Request, role: Role, *, logout: bool = False) -> None:
+    """User Authentication audit message (service/audit_trail.py): the role, never the token."""
+    audit = request.app.state.node.audit
+    if audit is not None:
+        audit.user_authentication(
+            role=role.name.lower() if role is not Role.NONE else None,
+            host=request.client.host if request.client else None,
+            ok=role is not Role.NONE,
+            logout=logout,
+            how="/logout" if logout else "/login",
+        )
+
+
 @router.post("/login", response_class=HTMLResponse)
 def login_submit(
     request: Request,
@@ -290,6 +303,7 @@ def login_submit(
 ) -> Response:
     policy: AccessPolicy = request.app.state.access
     role = policy.role_of_token(token.strip())
+    _audit_sign_in(request, role)
     if role is Role.NONE:
         return render(
             request,
@@ -313,7 +327,11 @@ def login_submit(
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    policy: AccessPolicy = request.app.state.access
+    role = policy.role_of_session(request.cookies.get(SESSION_COOKIE))
+    if role is not Role.NONE:
+        _audit_sign_in(request, role, logout=True)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -182,11 +182,14 @@ def storescp(
     port: int | None = None,
     unique_names: bool = True,
     sleep_after_s: int = 0,
+    extra: Sequence[str] = (),
 ) -> Iterator[tuple[int, Path]]:
     """DCMTK storescp as a destination; yields (port, folder it writes to).
 
     With ``unique_names`` every received object gets its own file, so an
-    object delivered twice shows up twice.
+    object delivered twice shows up twice. ``extra``: more options (``+tls ...``).
+    storescp 3.6.7 listens on every interface (it has no bind option); the tests
+    address it at 127.0.0.1 only.
     """
     binary = need("storescp", "dcmtk")
     port = port or free_port()
@@ -203,6 +206,7 @@ def storescp(
             "+xa",
             "+uf" if unique_names else "-uf",
             *(["--sleep-after", str(sleep_after_s)] if sleep_after_s else []),
+            *extra,
             str(port),
         ],
         stdout=log,

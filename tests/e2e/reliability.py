@@ -12,14 +12,26 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
 from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from service.testkit.processes import process_tree
 from tests.e2e.peers import NodeProcess
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+def rss_mb(pid: int, *, children: bool = True) -> float:
+    """VmRSS of ``pid`` and (``children``) its descendants: serve and its worker processes."""
+    total = None
+    for each in process_tree(pid) if children else [pid]:
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            if each == pid:
+                raise
+            continue  # a child that exited meanwhile
+        for line in lines:
+            if line.startswith("VmRSS:"):
+                total = (total or 0) + int(line.split()[1])
+    if total is None:
+        raise AssertionError(f"no VmRSS for pid {pid}")
+    return total / 1024
 
 
 def all_jobs(node: NodeProcess) -> list[dict[str, Any]]:

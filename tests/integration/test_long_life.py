@@ -187,6 +187,7 @@ def test_retention_keeps_a_small_disk_in_steady_state(
             retention_high_water_mb=10,
             retention_interval_s=0.2,
             poll_interval_s=0.05,
+            worker_processes=0,
         )
         node = start_node(settings)
         try:

@@ -71,6 +71,7 @@ def make_node(tmp_path: Path, dest_port: int, **overrides: object) -> Node:
         poll_interval_s=0.05,
         retry_initial_s=0.2,
         retry_max_s=0.5,
+        worker_processes=0,  # the workers in this process: the tests look at and patch them
         **overrides,
     )
     return start_node(settings)
@@ -208,7 +209,7 @@ def test_http_reports_jobs_and_readiness(tmp_path: Path, destination: Destinatio
         settings=node.settings,
     )
     # A local client: the default read_access ("loopback") lets it read without a token.
-    client = TestClient(create_app(state), client=("127.0.0.1", 50000))
+    client = TestClient(create_app(state), client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
     try:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200

@@ -100,7 +100,8 @@ def readme_args(pacs: Pacs, tmp_path: Path, dicom_port: int) -> list[str]:
 def settings_of(args: list[str]) -> Settings:
     parsed = build_parser().parse_args(["serve", *args])
     overrides = {k: v for k, v in vars(parsed).items() if k in Settings.model_fields}
-    return load_settings(None, min_free_mb=0, **overrides)
+    # The workers in this process: the test reads their log lines.
+    return load_settings(None, min_free_mb=0, worker_processes=0, **overrides)
 
 
 def dcmtk(command: str, port: int) -> list[str] | None:

@@ -15,67 +15,18 @@ from dicom_node.scp import ScpConfig, StorageSCP, TlsConfig
 from dicom_node.status import Status
 from tests.conftest import free_port
 from tests.integration.test_scp import Sink, small_image
+from tests.pki import needs_openssl, new_ca, new_cert
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not found")
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+pytestmark = needs_openssl
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (tests/pki.py)."""
     d = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mammoseg test CA",
-        cwd=d,
-    )
+    new_ca(d)
     for name in ("server", "client"):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=d,
-        )
-        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
+        new_cert(d, name, cn=name)
     return d
 
 

@@ -48,14 +48,27 @@ SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
         "service.db",
         "service.imaging",
         "service.migrations",
+        "service.faults",  # the test-only decoder fault (os.abort), armed by the wiring
     ),
-    ("service.inference", "service.store", "service.access"),  # 1 engines: model, database
+    (  # 1 engines: model, database, the audit trail's files and syslog
+        "service.inference",
+        "service.store",
+        "service.access",
+        "service.audit_trail",
+    ),
     ("service.segmentation",),  # 2 the one segmentation step
     # 3 what happens to an image or a job
-    ("service.pipeline", "service.upload", "service.worker", "service.retention"),
+    (
+        "service.pipeline",
+        "service.upload",
+        "service.worker",
+        "service.retention",
+        "service.supervisor",  # serve's worker processes
+    ),
     (  # 4 HTTP and the configuration check
         "service.api",
         "service.body_limit",
+        "service.http_edge",
         "service.metrics",
         "service.web",
         "service.app",

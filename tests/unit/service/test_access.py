@@ -47,8 +47,24 @@ def test_without_an_admin_token_nobody_is_admin() -> None:
     ],
 )
 def test_reads_without_a_role(read_access: str, host: str | None, allowed: bool) -> None:
-    assert policy(read_access).may_read(Role.NONE, host) is allowed
-    assert policy(read_access).may_read(Role.VIEWER, host) is True
+    assert policy(read_access).may_read(Role.NONE, host, proxied=False) is allowed
+    assert policy(read_access).may_read(Role.VIEWER, host, proxied=False) is True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "127.8.9.10"])
+def test_a_proxied_request_is_never_loopback(host: str) -> None:
+    """Through a proxy (trusted or not), a local peer says nothing about the client."""
+    assert policy("loopback").may_read(Role.NONE, host, proxied=True) is False
+    assert policy("loopback").may_read(Role.NONE, host) is False  # unmarked: fails closed
+    assert policy("loopback").may_read(Role.VIEWER, host, proxied=True) is True
+    assert policy("open").may_read(Role.NONE, host, proxied=True) is True
+
+
+def test_patient_data_needs_a_role() -> None:
+    assert AccessPolicy.may_see_patient_data(Role.VIEWER, True)
+    assert AccessPolicy.may_see_patient_data(Role.ADMIN, True)
+    assert not AccessPolicy.may_see_patient_data(Role.NONE, True)  # tokenless loopback read
+    assert not AccessPolicy.may_see_patient_data(Role.ADMIN, False)
 
 
 def test_bearer_header_parsing() -> None:
