@@ -332,7 +332,6 @@ class StorageSCP:
             return int(Status.OUT_OF_RESOURCES)
 
     def _store(self, event: evt.Event, assoc_id: str) -> Status | tuple[Status, str]:
-        cfg = self.config
         req = cast(C_STORE, event.request)
         try:
             sop_instance_uid = checked_uid(req.AffectedSOPInstanceUID, what="SOP Instance UID")
@@ -346,86 +345,56 @@ class StorageSCP:
             return Status.CANNOT_UNDERSTAND
         try:
             encoded = event.encoded_dataset(include_meta=True)
-            if cfg.max_dataset_bytes and len(encoded) > cfg.max_dataset_bytes:
-                # The last PDU may complete a message before the abort lands.
-                log.warning(
-                    "refused %s on %s: dataset larger than %d bytes",
-                    sop_instance_uid,
-                    assoc_id,
-                    cfg.max_dataset_bytes,
-                    extra=_fields("instance_refused", assoc_id, sop_instance_uid),
-                )
-                return Status.OUT_OF_RESOURCES
-            # Inflated under a cap, the header kept and the rest only counted.
-            ds = read_dataset(
-                encoded,
-                stop_before_pixels=True,
-                max_inflated_bytes=cfg.max_inflated_bytes,
-                keep_bytes=HEADER_ALLOWANCE_BYTES,
-            )
-            # pydicom parses lazily: read what we need here, inside the guard.
-            sop_class_uid = ds.get("SOPClassUID")
-            dataset_uid = ds.get("SOPInstanceUID")
-            study_uid = str(ds.get("StudyInstanceUID", ""))
-            series_uid = str(ds.get("SeriesInstanceUID", ""))
-        except DatasetTooLarge as exc:
-            log.warning(
-                "refused %s on %s: %s",
-                sop_instance_uid,
-                assoc_id,
-                exc,
-                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
-            )
-            return Status.OUT_OF_RESOURCES, "inflated dataset exceeds the node's limit"
-        except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the peer sent it
-            log.warning(
-                "refused %s on %s: cannot parse dataset (%s)",
-                sop_instance_uid,
-                assoc_id,
-                type(exc).__name__,
-                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
-            )
-            return Status.CANNOT_UNDERSTAND
-        if sop_class_uid != req.AffectedSOPClassUID or dataset_uid != sop_instance_uid:
-            log.warning(
-                "refused %s on %s: dataset UIDs differ from the request",
-                sop_instance_uid,
-                assoc_id,
-                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
-            )
-            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
-            log.error(
-                "refused %s on %s: free disk below the watermark",
-                sop_instance_uid,
-                assoc_id,
-                extra=_fields("instance_refused", assoc_id, sop_instance_uid),
-            )
-            return Status.OUT_OF_RESOURCES
-        path = instance_path(cfg.spool_dir, sop_instance_uid)
-        write_atomically(path, lambda fh: fh.write(encoded), owner=cfg.writer_name)
-        self.sink(
-            ReceivedInstance(
-                path=path,
-                sop_instance_uid=sop_instance_uid,
-                sop_class_uid=str(req.AffectedSOPClassUID),
-                study_instance_uid=str(study_uid),
-                series_instance_uid=str(series_uid),
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                calling_ae_title=str(event.assoc.requestor.ae_title),
-                peer_address=str(event.assoc.requestor.address),
-                association_id=assoc_id,
-            )
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the peer sent it
+            why = f"cannot parse dataset ({type(exc).__name__})"
+            return _refused(Status.CANNOT_UNDERSTAND, why, assoc_id, sop_instance_uid, None).status
+        outcome = self.store_encoded(
+            encoded,
+            calling_ae_title=str(event.assoc.requestor.ae_title),
+            peer_address=str(event.assoc.requestor.address),
+            association_id=assoc_id,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
         )
-        with self._lock:
-            self._instances[assoc_id] = self._instances.get(assoc_id, 0) + 1
-        log.info(
-            "stored %s on %s",
-            sop_instance_uid,
-            assoc_id,
-            extra=_fields("instance_stored", assoc_id, sop_instance_uid),
+        if outcome.status is Status.SUCCESS:
+            with self._lock:
+                self._instances[assoc_id] = self._instances.get(assoc_id, 0) + 1
+        return (outcome.status, outcome.comment) if outcome.comment else outcome.status
+
+    def store_encoded(
+        self,
+        encoded: bytes,
+        *,
+        calling_ae_title: str,
+        peer_address: str,
+        association_id: str,
+        sop_instance_uid: str | None = None,
+        sop_class_uid: str | None = None,
+        transfer_syntax_uid: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> StoreOutcome:
+        """One encoded instance (PS3.10, file meta included) through the durable path.
+
+        C-STORE and STOW-RS (service/api/dicomweb.py) both come here: read bounded
+        (deflate capped), UIDs checked, free disk checked, spool file fsynced, the
+        sink's job committed; only a SUCCESS outcome means the instance is safe.
+        The UIDs given are those the request named (C-STORE); None (STOW-RS): the
+        dataset's own, checked as the SCP's presentation contexts would. A
+        ``study_instance_uid`` is the one the STOW-RS target names.
+        """
+        return store_encoded(
+            self.config,
+            self.sink,
+            encoded,
+            calling_ae_title=calling_ae_title,
+            peer_address=peer_address,
+            association_id=association_id,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            study_instance_uid=study_instance_uid,
         )
-        return Status.SUCCESS
 
     def _check_caller_certificate(self, event: evt.Event) -> None:
         """Reject a calling AE title whose client certificate is not the one it is tied to.
@@ -518,3 +487,113 @@ class StorageSCP:
         )
         if self.events.on_closed:
             self.events.on_closed(assoc_id, count, outcome)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What became of one instance: its status (and reason) and the UIDs that were read."""
+
+    status: Status
+    comment: str = ""
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+def _refused(
+    status: Status, why: str, assoc_id: str, uid: str | None, classes: str | None, comment: str = ""
+) -> StoreOutcome:
+    log.warning(
+        "refused %s on %s: %s",
+        uid or "instance",
+        assoc_id,
+        why,
+        extra=_fields("instance_refused", assoc_id, uid),
+    )
+    return StoreOutcome(status, comment, classes, uid)
+
+
+def store_encoded(
+    cfg: ScpConfig,
+    sink: InstanceSink,
+    encoded: bytes,
+    *,
+    calling_ae_title: str,
+    peer_address: str,
+    association_id: str,
+    sop_instance_uid: str | None = None,
+    sop_class_uid: str | None = None,
+    transfer_syntax_uid: str | None = None,
+    study_instance_uid: str | None = None,
+) -> StoreOutcome:
+    """:meth:`StorageSCP.store_encoded` for a configuration and a sink (no server needed)."""
+    assoc_id = association_id
+    uid, classes = sop_instance_uid, sop_class_uid
+    if cfg.max_dataset_bytes and len(encoded) > cfg.max_dataset_bytes:
+        # C-STORE: the last PDU may complete a message before the abort lands.
+        why = f"dataset larger than {cfg.max_dataset_bytes} bytes"
+        return _refused(Status.OUT_OF_RESOURCES, why, assoc_id, uid, classes)
+    try:
+        # Inflated under a cap, the header kept and the rest only counted.
+        ds = read_dataset(
+            encoded,
+            stop_before_pixels=True,
+            max_inflated_bytes=cfg.max_inflated_bytes,
+            keep_bytes=HEADER_ALLOWANCE_BYTES,
+        )
+        # pydicom parses lazily: read what we need here, inside the guard.
+        dataset_class = ds.get("SOPClassUID")
+        dataset_uid = ds.get("SOPInstanceUID")
+        study_uid = str(ds.get("StudyInstanceUID", ""))
+        series_uid = str(ds.get("SeriesInstanceUID", ""))
+        meta = getattr(ds, "file_meta", None)
+        dataset_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    except DatasetTooLarge as exc:
+        comment = "inflated dataset exceeds the node's limit"
+        return _refused(Status.OUT_OF_RESOURCES, str(exc), assoc_id, uid, classes, comment)
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the peer sent it
+        why = f"cannot parse dataset ({type(exc).__name__})"
+        return _refused(Status.CANNOT_UNDERSTAND, why, assoc_id, uid, classes)
+    if uid is None:  # STOW-RS: the dataset names itself; check it as a request would
+        try:
+            uid = checked_uid(dataset_uid, what="SOP Instance UID")
+        except InvalidUIDError as exc:
+            return _refused(Status.CANNOT_UNDERSTAND, str(exc), assoc_id, None, None)
+        classes = str(dataset_class or "")
+        if classes not in STORAGE_SOP_CLASSES:
+            why = "SOP class not accepted"
+            return _refused(Status.SOP_CLASS_NOT_SUPPORTED, why, assoc_id, uid, classes or None)
+        if dataset_syntax not in TRANSFER_SYNTAXES:
+            why = "transfer syntax not accepted"
+            return _refused(Status.TRANSFER_SYNTAX_NOT_SUPPORTED, why, assoc_id, uid, classes)
+        transfer_syntax_uid = dataset_syntax
+    if dataset_class != classes or dataset_uid != uid:
+        why = "dataset UIDs differ from the request"
+        return _refused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, why, assoc_id, uid, classes)
+    if study_instance_uid is not None and study_uid != study_instance_uid:
+        why = "Study Instance UID differs from the target study"
+        return _refused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, why, assoc_id, uid, classes)
+    if cfg.min_free_bytes and shutil.disk_usage(cfg.spool_dir).free < cfg.min_free_bytes:
+        log.error(
+            "refused %s on %s: free disk below the watermark",
+            uid,
+            assoc_id,
+            extra=_fields("instance_refused", assoc_id, uid),
+        )
+        return StoreOutcome(Status.OUT_OF_RESOURCES, "", classes, uid)
+    path = instance_path(cfg.spool_dir, uid)
+    write_atomically(path, lambda fh: fh.write(encoded), owner=cfg.writer_name)
+    sink(
+        ReceivedInstance(
+            path=path,
+            sop_instance_uid=uid,
+            sop_class_uid=str(classes),
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            transfer_syntax_uid=str(transfer_syntax_uid),
+            calling_ae_title=calling_ae_title,
+            peer_address=peer_address,
+            association_id=assoc_id,
+        )
+    )
+    log.info("stored %s on %s", uid, assoc_id, extra=_fields("instance_stored", assoc_id, uid))
+    return StoreOutcome(Status.SUCCESS, "", classes, uid)

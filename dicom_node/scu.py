@@ -16,7 +16,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_node.errors import DicomNodeError
-from dicom_node.status import Status
+from dicom_node.status import Status, describe
+from dicom_node.stow import STOW_FORM, STOW_PREFIXES, StowError, WebTarget, send_stow
 from dicom_node.tls import (
     DEFAULT_TLS_CIPHERS,
     ClientContext,
@@ -33,12 +34,16 @@ TLS_PREFIX = "tls://"
 TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "server_name")
 DESTINATION_FORMS = (
     "AET@HOST:PORT, or for TLS tls://AET@HOST:PORT?ca_file=FILE"
-    "[&cert_file=FILE&key_file=FILE][&server_name=NAME]"
+    "[&cert_file=FILE&key_file=FILE][&server_name=NAME], or for DICOMweb "
+    f"{STOW_FORM}"
 )
 
 
 class SendError(DicomNodeError):
-    """A destination could not be reached or refused an instance."""
+    """A destination could not be reached or refused an instance.
+
+    The message says what went wrong, not which destination: the caller adds it.
+    """
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,17 @@ def _tls_options(query: str, text: str) -> DestinationTls:
 
 @dataclass(frozen=True)
 class Destination:
-    """A peer that receives results: ``AET@HOST:PORT``, optionally over TLS."""
+    """A peer that receives results: ``AET@HOST:PORT``, optionally over TLS, or DICOMweb.
+
+    A DICOMweb destination (``web``, dicom_node/stow.py) has no AE title; its host
+    and port are the URL's.
+    """
 
     ae_title: str
     host: str
     port: int
     tls: DestinationTls | None = None
+    web: WebTarget | None = None
 
     @classmethod
     def parse(cls, text: str, *, ciphers: str | None = None) -> Destination:
@@ -119,6 +129,9 @@ class Destination:
         setting); default the profile's.
         """
         body = text.strip()
+        if body.lower().startswith(STOW_PREFIXES):
+            web = WebTarget.parse(body)
+            return cls(ae_title="", host=web.host, port=web.port, web=web)
         tls: DestinationTls | None = None
         is_tls = body[: len(TLS_PREFIX)].lower() == TLS_PREFIX
         if is_tls:
@@ -175,12 +188,16 @@ class Destination:
 
     @property
     def name(self) -> str:
-        """``AET@HOST:PORT``: what deliveries are recorded under, TLS or not."""
+        """``AET@HOST:PORT``: what deliveries are recorded under, TLS or not (DICOMweb: the URL)."""
+        if self.web is not None:
+            return self.web.name
         return f"{self.ae_title}@{self.host}:{self.port}"
 
     @property
     def spec(self) -> str:
-        """The string form :meth:`parse` reads back (with the TLS options)."""
+        """The string form :meth:`parse` reads back (with the TLS or DICOMweb options)."""
+        if self.web is not None:
+            return self.web.spec
         if self.tls is None:
             return self.name
         options = [
@@ -222,15 +239,14 @@ def _association(
         try:
             context = destination.tls.client_context()
         except TlsSetupError as exc:
-            raise SendError(f"TLS to {destination} cannot be set up: {exc}") from exc
+            raise SendError(f"TLS cannot be set up: {exc}") from exc
         tls_args = (context, destination.tls.server_name or destination.host)
     assoc = ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
     )
     if not assoc.is_established:
         raise SendError(
-            f"association with {destination} was not established "
-            f"({_connect_failure(destination, assoc, context)})"
+            f"association not established ({_connect_failure(destination, assoc, context)})"
         )
     if context is not None:
         sock = getattr(assoc.dul.socket, "socket", None)
@@ -273,8 +289,15 @@ def send_files(
 
     A warning status counts as stored (PS3.7 C.1.2). The files are sent as
     they are when the peer accepts their transfer syntax, else decompressed
-    (PS3.5 10: every SCP accepts a little endian syntax).
+    (PS3.5 10: every SCP accepts a little endian syntax). A DICOMweb destination
+    gets them by STOW-RS, as they are (dicom_node/stow.py).
     """
+    if destination.web is not None:
+        try:
+            send_stow(destination.web, paths, timeout_s=timeout_s)
+        except StowError as exc:
+            raise SendError(str(exc)) from None
+        return
     datasets = [dcmread(path) for path in paths]
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
     assoc = _association(destination, calling_ae, contexts, timeout_s)
@@ -284,11 +307,11 @@ def send_files(
             status = assoc.send_c_store(ds)
             code = int(getattr(status, "Status", -1)) if status else -1
             if not Status.is_acknowledged(code):
+                # The caller names the destination (``f"{destination}: {exc}"``).
                 raise SendError(
-                    f"{destination} answered C-STORE of {ds.SOPInstanceUID} with "
-                    f"status 0x{code:04X}"
+                    f"C-STORE of {ds.SOPInstanceUID} refused: {describe(code)}"
                     if code >= 0
-                    else f"{destination} gave no answer to C-STORE of {ds.SOPInstanceUID}"
+                    else f"no answer to C-STORE of {ds.SOPInstanceUID}"
                 )
             log.info(
                 "sent %s to %s",
@@ -303,6 +326,8 @@ def send_files(
 
 def echo(destination: Destination, *, calling_ae: str, timeout_s: float = 10.0) -> Status:
     """C-ECHO a destination (PS3.7 9.1.5); raises :class:`SendError` if unreachable."""
+    if destination.web is not None:
+        raise SendError(f"{destination} is a DICOMweb destination: C-ECHO does not apply")
     assoc = _association(
         destination, calling_ae, {(Verification, ImplicitVRLittleEndian)}, timeout_s
     )
@@ -310,7 +335,7 @@ def echo(destination: Destination, *, calling_ae: str, timeout_s: float = 10.0) 
         status = assoc.send_c_echo()
         code = int(getattr(status, "Status", -1)) if status else -1
         if code < 0:
-            raise SendError(f"{destination} gave no answer to C-ECHO")
+            raise SendError("no answer to C-ECHO")
         return Status(code) if code in Status._value2member_map_ else Status.PROCESSING_FAILURE
     finally:
         if assoc.is_established:

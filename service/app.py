@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.access import AccessPolicy
-from service.api import jobs, segment, system
+from service.api import dicomweb, jobs, segment, system
 from service.api.deps import (
     Check,
     Listening,
@@ -135,8 +135,11 @@ def create_app(
     # Bodies are bounded while they stream (service.body_limit); added before the security
     # headers so that its 413/408 answers carry them too.
     upload_bytes = upload_limit(node) + MULTIPART_OVERHEAD
+    stow_bytes = settings.max_stow_mb << 20  # STOW-RS, all parts (service/api/dicomweb.py)
 
     def body_limit(path: str) -> int:
+        if path.startswith(dicomweb.STOW_PREFIX):
+            return stow_bytes
         return upload_bytes if path in UPLOAD_PATHS else DEFAULT_MAX_BODY_BYTES
 
     app.add_middleware(
@@ -173,6 +176,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(segment.router)
+    app.include_router(dicomweb.router)
     app.include_router(pages.router)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     return app

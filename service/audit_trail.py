@@ -910,8 +910,11 @@ class AuditTrail:
         """The job's SEG/SC/SR sent to one destination (``error``: the send failed)."""
         when = time.time()
         uids = dict(job.results.get("uids") or {})
-        target = Participant.application(
-            destination.ae_title, destination.host, requestor=False, role=ROLE_DESTINATION
+        target = Participant.application(  # a DICOMweb destination has no AE title: its URL
+            destination.ae_title or destination.name,
+            destination.host,
+            requestor=False,
+            role=ROLE_DESTINATION,
         )
 
         def build() -> AuditEvent:

@@ -301,7 +301,11 @@ def advise(settings: Settings, report: Report, *, worker: bool) -> None:
         )
     if settings.tls_cert_file is not None:
         plain = [
-            str(d) for d in settings.destination_list if d.tls is None and not _is_loopback(d.host)
+            str(d)
+            for d in settings.destination_list
+            if d.tls is None
+            and not (d.web and d.web.base_url.startswith("https://"))
+            and not _is_loopback(d.host)
         ]
         if plain:
             report.warnings.append(

@@ -22,11 +22,13 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from dicom_node.digest import dataset_digest
+from dicom_node.limits import HEADER_ALLOWANCE_BYTES, read_dataset
 from dicom_node.provenance import Provenance
 from dicom_node.scp import (
     AssociationEvents,
@@ -64,6 +66,23 @@ from service.worker import (
 log = logging.getLogger(__name__)
 
 
+def accession_number_of(path: Path) -> str:
+    """The Accession Number (0008,0050) in a spool file's header; "" when it has none.
+
+    Patient-adjacent: it goes into the job row (searchable), never into a log line.
+    """
+    try:
+        ds = read_dataset(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["AccessionNumber"],
+            keep_bytes=HEADER_ALLOWANCE_BYTES,
+        )
+        return str(ds.get("AccessionNumber", "") or "").strip()[:64]
+    except Exception:  # noqa: BLE001 - the SCP has read this header; a job never waits on it
+        return ""
+
+
 def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[no-untyped-def]
     """The SCP's sink: commit a job for every instance on disk (and its audit message).
 
@@ -85,6 +104,7 @@ def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[
                 association_id=instance.association_id,
                 path=str(instance.path),
                 content_hash=dataset_digest(instance.path),
+                accession_number=accession_number_of(instance.path),
             )
         )
         if admission.outcome == "duplicate" and admission.files_purged:

@@ -45,7 +45,7 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
 
 
-SECRET_SETTINGS = frozenset({"viewer_token", "admin_token", "database_url"})
+SECRET_SETTINGS = frozenset({"viewer_token", "admin_token", "stow_token", "database_url"})
 SOURCES = ("default", "file", "env", "flag")
 
 
@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         "session only, never to a tokenless loopback read)",
     )
     max_upload_mb: int = Field(default=64, ge=1, le=2048, description="POST /api/v1/segment")
+    # STOW-RS in (service/api/dicomweb.py): each part also within max_dataset_mb.
+    stow_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for STOW-RS (POST /dicomweb/studies) besides admin_token",
+    )
+    max_stow_mb: int = Field(
+        default=1024, ge=1, le=65536, description="One STOW-RS request body, all parts"
+    )
     # HTTP behind a proxy, and its limits (service/http_edge.py, service/body_limit.py).
     trusted_proxies: StrList = Field(
         default_factory=list,
@@ -431,7 +439,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _access(self) -> Settings:
         viewer, admin = self.viewer_token, self.admin_token
-        for name, token in (("viewer_token", viewer), ("admin_token", admin)):
+        named = (("viewer_token", viewer), ("admin_token", admin), ("stow_token", self.stow_token))
+        for name, token in named:
             # Checked here, not with min_length, so that the error never echoes the secret.
             if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"{name} must be at least {MIN_TOKEN_LENGTH} characters")

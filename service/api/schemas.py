@@ -61,9 +61,15 @@ class JobOut(BaseModel):
     files_deleted_at: datetime | None = Field(
         default=None, description="When retention deleted the job's spool and outbox files"
     )
+    accession_number: str | None = Field(
+        default=None,
+        description="Accession Number of the received instance: only with show_patient_data "
+        "and a token or session (patient-adjacent), else null",
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, *, patient_data: bool = False) -> JobOut:
+        """``patient_data``: the caller may see patient data (``Caller.may_see_patient_data``)."""
         return cls(
             id=job.id,
             state=job.state,
@@ -84,6 +90,7 @@ class JobOut(BaseModel):
             delivered_to=job.delivered,
             crashes=job.crashes,
             files_deleted_at=utc(job.purged_at),
+            accession_number=job.accession_number if patient_data else None,
         )
 
 
@@ -130,14 +137,19 @@ class JobDetail(JobOut):
 
     @classmethod
     def detail(
-        cls, job: Job, events: list[JobEvent], *, patient: PatientOut | None = None
+        cls,
+        job: Job,
+        events: list[JobEvent],
+        *,
+        patient: PatientOut | None = None,
+        patient_data: bool = False,
     ) -> JobDetail:
         from service.store import RETRYABLE, TERMINAL
 
         durations = stage_durations(job.timings)
         ends = stage_end_times(job.timings)
         return cls(
-            **JobOut.of(job).model_dump(),
+            **JobOut.of(job, patient_data=patient_data).model_dump(),
             stages=[
                 StageOut(stage=s, seconds=durations.get(s), ended_at=utc(ends.get(s)))
                 for s in ALL_STAGES
@@ -150,6 +162,18 @@ class JobDetail(JobOut):
             can_reprocess=job.state in TERMINAL and job.purged_at is None,
             patient=patient,
         )
+
+
+class SkippedJob(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkRetryOut(BaseModel):
+    matched: int = Field(description="Jobs the filter matched (at most the bound)")
+    retried: int = Field(description="How many were set to RETRYING, due now")
+    retried_ids: list[int]
+    skipped: list[SkippedJob] = Field(description="Matched but not retried, and why")
 
 
 class StageLatencyOut(BaseModel):

@@ -47,6 +47,10 @@
       return (body.ok ? "OK: " : "failed: ") + body.detail + " (" + Math.round(body.seconds * 1000) + " ms)";
     }
     if (body.state) { return "job " + body.id + " is now " + body.state; }
+    if (body.retried !== undefined && body.skipped) {
+      return "retried " + body.retried + " of " + body.matched + " matching jobs" +
+        (body.skipped.length ? "; skipped " + body.skipped.length + ": " + body.skipped[0].reason : "");
+    }
     return "";
   }
 

@@ -107,10 +107,10 @@ class JobQueue:
             inserted = conn.execute(
                 "INSERT INTO jobs (sop_instance_uid, sop_class_uid, study_instance_uid, "
                 "series_instance_uid, transfer_syntax_uid, calling_ae_title, association_id, "
-                "path, state, created_at, updated_at, timings, content_hash) "
+                "path, state, created_at, updated_at, timings, content_hash, accession_number) "
                 "VALUES (:sop_instance_uid, :sop_class_uid, :study_instance_uid, "
                 ":series_instance_uid, :transfer_syntax_uid, :calling_ae_title, "
-                ":association_id, :path, :state, :now, :now, :timings, :content_hash) "
+                ":association_id, :path, :state, :now, :now, :timings, :content_hash, :accession) "
                 "ON CONFLICT DO NOTHING RETURNING id",
                 {
                     "sop_instance_uid": new.sop_instance_uid,
@@ -125,6 +125,7 @@ class JobQueue:
                     "now": now,
                     "timings": json.dumps({"received_at": now}),
                     "content_hash": new.content_hash,
+                    "accession": new.accession_number,
                 },
             ).fetchone()
             if inserted is None:  # another association committed a job for it meanwhile
@@ -373,6 +374,12 @@ def _refresh_content(conn: Connection, row: Row, new: NewJob) -> None:
         and row["state"] == JobState.RECEIVED.value
     ):
         conn.execute(
-            "UPDATE jobs SET content_hash = :hash WHERE id = :id AND state = :received",
-            {"hash": new.content_hash, "id": row["id"], "received": JobState.RECEIVED.value},
+            "UPDATE jobs SET content_hash = :hash, accession_number = :accession "
+            "WHERE id = :id AND state = :received",
+            {
+                "hash": new.content_hash,
+                "accession": new.accession_number,
+                "id": row["id"],
+                "received": JobState.RECEIVED.value,
+            },
         )

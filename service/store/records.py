@@ -59,6 +59,7 @@ class NewJob:
     association_id: str
     path: str
     content_hash: str = ""  # SHA-256 of the dataset (file meta excluded); "" when unknown
+    accession_number: str = ""  # (0008,0050); patient-adjacent: searchable, never logged
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Job:
     content_hash: str = ""
     generation: int = 0  # times it was reprocessed (keys the result UIDs)
     purged_at: float | None = None  # when retention deleted its files
+    accession_number: str = ""  # patient-adjacent: shown only where patient data may be
 
     @property
     def quarantined(self) -> bool:
@@ -118,7 +120,8 @@ class JobFilter:
 
     ``since``/``until`` bound the time the job was received (``created_at``,
     half-open: since <= t < until). ``destination`` keeps jobs whose results
-    were delivered to that destination (``AET@HOST:PORT``).
+    were delivered to that destination (``AET@HOST:PORT``). ``query``: an exact
+    Accession Number, Study Instance UID or SOP Instance UID (any of the three).
     """
 
     states: Sequence[JobState] = ()
@@ -126,6 +129,7 @@ class JobFilter:
     until: float | None = None
     destination: str | None = None
     calling_ae_title: str | None = None
+    query: str | None = None
 
 
 @dataclass(frozen=True)

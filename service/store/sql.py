@@ -81,4 +81,11 @@ def filter_sql(where: JobFilter) -> tuple[str, dict[str, Any]]:
     if where.calling_ae_title:
         clauses.append("calling_ae_title = :f_calling")
         params["f_calling"] = where.calling_ae_title
+    if where.query:
+        # Exact match on one of three indexed columns (jobs_accession, jobs_study, jobs_sop).
+        clauses.append(
+            "(accession_number = :f_query OR study_instance_uid = :f_query "
+            "OR sop_instance_uid = :f_query)"
+        )
+        params["f_query"] = where.query
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

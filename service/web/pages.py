@@ -20,11 +20,11 @@ from fastapi.templating import Jinja2Templates
 
 from service.access import SESSION_COOKIE, AccessPolicy, Role, session_value
 from service.api.deps import Caller, CallerDep, NodeDep, NodeState, readiness
-from service.api.jobs import existing_job, job_detail
+from service.api.jobs import BULK_RETRY_MAX, existing_job, job_detail
 from service.api.schemas import JobOut
 from service.api.segment import read_upload, result_out, run_segmentation, upload_limit
 from service.api.system import compute_stats, destination_list, model_info
-from service.store import JobFilter, JobState
+from service.store import Job, JobFilter, JobState
 from service.web.charts import latency_chart, throughput_chart
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -140,9 +140,14 @@ def _local_time(text: str | None) -> float | None:
         return None
 
 
-def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
+def _jobs(node: NodeState, request: Request, caller: Caller) -> dict[str, Any]:
     params = request.query_params
-    states = [JobState(s) for s in params.getlist("state") if s in JobState.__members__]
+    # Several states: state=A&state=B (the check boxes) or state=A,B (as in the API).
+    names = [n.strip().upper() for v in params.getlist("state") for n in v.split(",")]
+    states = list(dict.fromkeys(JobState(n) for n in names if n in JobState.__members__))
+    # q (exact Accession Number or UID) only with a token or session, as in the API.
+    may_search = caller.role >= Role.VIEWER
+    q = (params.get("q") or "").strip()[:64]
     try:
         offset = max(0, int(params.get("offset", "0")))
     except ValueError:
@@ -153,6 +158,7 @@ def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
         "until": params.get("until", ""),
         "destination": params.get("destination", ""),
         "calling_ae": params.get("calling_ae", ""),
+        "q": q,
     }
     where = JobFilter(
         states=states,
@@ -160,15 +166,22 @@ def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
         until=_local_time(filters["until"]),  # type: ignore[arg-type]
         destination=params.get("destination") or None,
         calling_ae_title=params.get("calling_ae") or None,
+        query=q if q and may_search else None,
     )
-    jobs, total = node.store.reads.find(where, limit=PAGE_SIZE, offset=offset)
+    jobs: list[Job] = []
+    total = 0
+    if not q or may_search:  # a tokenless read with q: no search, nor a listing ignoring it
+        jobs, total = node.store.reads.find(where, limit=PAGE_SIZE, offset=offset)
     query = [(k, v) for k, v in params.multi_items() if k != "offset" and v]
+    patient_data = caller.may_see_patient_data(node.settings)
 
     def page_link(to: int) -> str:
         return "/jobs?" + urlencode([*query, ("offset", str(to))])
 
     return {
-        "jobs": [JobOut.of(j) for j in jobs],
+        "jobs": [JobOut.of(j, patient_data=patient_data) for j in jobs],
+        "show_accession": patient_data,
+        "may_search": may_search,
         "total": total,
         "offset": offset,
         "page_size": PAGE_SIZE,
@@ -179,17 +192,20 @@ def _jobs(node: NodeState, request: Request) -> dict[str, Any]:
         "fragment_url": "/fragments/jobs?" + urlencode(list(params.multi_items())),
         "previous_link": page_link(max(0, offset - PAGE_SIZE)) if offset > 0 else None,
         "next_link": page_link(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None,
+        # The bulk retry takes the same filters (no state: FAILED and RETRYING).
+        "bulk_retry_url": "/api/v1/jobs/retry?" + urlencode(query),
+        "bulk_retry_max": BULK_RETRY_MAX,
     }
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, node: NodeDep, caller: PageDep) -> Response:
-    return render(request, "jobs.html", caller, **_jobs(node, request))
+    return render(request, "jobs.html", caller, **_jobs(node, request, caller))
 
 
 @router.get("/fragments/jobs", response_class=HTMLResponse)
 def jobs_fragment(request: Request, node: NodeDep, caller: PageDep) -> Response:
-    return render(request, "_job_rows.html", caller, **_jobs(node, request))
+    return render(request, "_job_rows.html", caller, **_jobs(node, request, caller))
 
 
 def _job(node: NodeState, job_id: int, caller: Caller) -> dict[str, Any]:

@@ -11,6 +11,7 @@ ever address 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -60,32 +61,49 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+#: Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def need_dicomweb_plugin() -> Path:
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
+    return DICOMWEB_PLUGIN
+
+
 @dataclass
 class Orthanc:
     http_port: int
     dicom_port: int
     aet: str
     proc: subprocess.Popen  # type: ignore[type-arg]
+    #: ``(user, password)`` when Orthanc's HTTP authentication is on.
+    user: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def _open(self, req: urllib.request.Request | str, timeout: float) -> Any:
+        if isinstance(req, str):
+            req = urllib.request.Request(req)  # noqa: S310
+        if self.user is not None:
+            token = base64.b64encode(":".join(self.user).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
+        with self._open(self.url + path, 10) as resp:
             return json.loads(resp.read())
 
     def post(self, path: str, body: Any) -> Any:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        with self._open(req, 60) as resp:
             return json.loads(resp.read())
 
     def download(self, instance_id: str, target: Path) -> Path:
-        with urllib.request.urlopen(
-            f"{self.url}/instances/{instance_id}/file",  # noqa: S310
-            timeout=30,
-        ) as resp:
+        with self._open(f"{self.url}/instances/{instance_id}/file", 30) as resp:
             target.write_bytes(resp.read())
         return target
 
@@ -104,8 +122,17 @@ def orthanc(
     node_aet: str,
     node_port: int,
     extra_modalities: dict[str, list[Any]] | None = None,
+    route: bool = True,
+    dicomweb_servers: dict[str, Any] | None = None,
+    user: tuple[str, str] | None = None,
 ) -> Iterator[Orthanc]:
+    """Orthanc on loopback; ``route``: its Lua rule forwards MG images to the node.
+
+    ``dicomweb_servers`` loads the DICOMweb plugin (``/dicom-web/``) with these
+    servers to send to (``DicomWeb.Servers``); ``user`` turns HTTP basic auth on.
+    """
     binary = need("Orthanc", "orthanc")
+    plugins = [str(need_dicomweb_plugin())] if dicomweb_servers is not None else []
     tmp.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     lua = tmp / "route.lua"
@@ -125,18 +152,23 @@ def orthanc(
             "storescu": ["STORESCU", "127.0.0.1", 104],
             **(extra_modalities or {}),
         },
-        "LuaScripts": [str(lua)],
-        "Plugins": [],
+        "LuaScripts": [str(lua)] if route else [],
+        "Plugins": plugins,
         "StableAge": 1,
         "HttpTimeout": 30,
     }
+    if dicomweb_servers is not None:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": dicomweb_servers}
+    if user is not None:
+        config["AuthenticationEnabled"] = True
+        config["RegisteredUsers"] = {user[0]: user[1]}
     config_path = tmp / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=1))
     log = (tmp / "orthanc.log").open("wb")
     proc = subprocess.Popen(
         [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp
     )
-    pacs = Orthanc(http_port, dicom_port, "ORTHANC", proc)
+    pacs = Orthanc(http_port, dicom_port, "ORTHANC", proc, user)
 
     def up() -> bool:
         if proc.poll() is not None:
