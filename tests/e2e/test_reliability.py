@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -57,12 +58,29 @@ def copies(template: pydicom.Dataset, folder: Path, count: int, prefix: str) -> 
     return paths
 
 
-def send_each(port: int, paths: list[Path], acknowledged: list[str], stop: threading.Event) -> None:
-    """A PACS-like sender: one association, records the instances acknowledged."""
+def send_each(
+    port: int,
+    paths: list[Path],
+    acknowledged: list[str],
+    stop: threading.Event,
+    resend: list[Path] | None = None,
+) -> None:
+    """A PACS-like sender: one association, records the instances acknowledged.
+
+    With ``resend``, once ``paths`` are sent it goes on sending those (already
+    acknowledged) instances again, round and round, until ``stop``: a PACS that
+    re-sends, so that a kill always lands in the middle of a receive.
+    """
     ae = AE(ae_title="PACS")
     ae.add_requested_context(DigitalMammographyXRayImageStorageForPresentation)
     assoc = None
-    for path in paths:
+
+    def stream() -> Iterator[Path]:
+        yield from paths
+        while resend:
+            yield from resend
+
+    for path in stream():
         if stop.is_set():
             break
         ds = pydicom.dcmread(path)
@@ -76,57 +94,77 @@ def send_each(port: int, paths: list[Path], acknowledged: list[str], stop: threa
         except (RuntimeError, ValueError, OSError):
             assoc = None
             continue
-        if status and status.Status == 0:
+        if status and status.Status == 0 and ds.SOPInstanceUID not in acknowledged:
             acknowledged.append(ds.SOPInstanceUID)
     if assoc is not None and assoc.is_established:
         assoc.release()
 
 
 def test_kill_9_in_every_state_loses_nothing_and_delivers_once(tmp_path: Path) -> None:
-    """50 full-size images; kill -9 the node three times mid-flight; restart; check."""
+    """50 full-size images; kill -9 the node three times mid-flight; restart; check.
+
+    Each of the three runs gets its own share of new images, and the PACS goes on
+    re-sending what was acknowledged, so every kill lands during a receive, with some
+    jobs DONE and others SENDING; processing is faster than receiving now, so RECEIVED or
+    PROCESSING jobs at the kill are waited for a while but not required (the states at each
+    kill are printed).
+    """
     paths = copies(
         full_size(seed=21, masses=[Mass(row=2000, col=1100, radius=350)]),
         tmp_path / "in",
         50,
         "full",
     )
+    uid_of = {p: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    shares = [paths[0:17], paths[17:34], paths[34:]]
     port = free_port()
     # A slow destination (1 s per object) keeps jobs in SENDING too.
     with storescp(tmp_path / "dest", sleep_after_s=1) as (dest_port, received):
         args = ["--destination", f"STORESCP@127.0.0.1:{dest_port}"]
         acknowledged: list[str] = []
         states_at_kill: list[dict[str, int]] = []
-        remaining = list(paths)
+        unsent: list[Path] = []
         node = start_node(tmp_path / "node", dicom_port=port, args=args)
         for kill in range(3):
+            fresh = unsent + shares[kill]
+            done_before = set(acknowledged)
             stop = threading.Event()
-            sender = threading.Thread(target=send_each, args=(port, remaining, acknowledged, stop))
+            sender = threading.Thread(
+                target=send_each,
+                args=(port, fresh, acknowledged, stop),
+                kwargs={"resend": [p for p in paths if uid_of[p] in done_before] or fresh[:1]},
+            )
             sender.start()
 
-            # Kill once some jobs are DONE while others wait or run.
-            def mixed(node=node, done_at_least=3 * (kill + 1)) -> bool:  # type: ignore[no-untyped-def]
+            # Kill once some jobs are DONE while others are SENDING and this run's share
+            # was (partly) acknowledged; for up to 30 s more, wait for RECEIVED or PROCESSING.
+            def mixed(node=node, done_at_least=3 * (kill + 1), before=done_before) -> bool:  # type: ignore[no-untyped-def]
                 counts = node.get("/api/v1/jobs?limit=1")["counts"]
                 return (
                     counts["DONE"] > done_at_least
-                    and counts["RECEIVED"] > 0
                     and counts["SENDING"] + counts["RETRYING"] > 0
+                    and len(set(acknowledged) - before) > 0
                 )
 
+            def waiting(node=node) -> bool:  # type: ignore[no-untyped-def]
+                counts = node.get("/api/v1/jobs?limit=1")["counts"]
+                return mixed() and counts["RECEIVED"] + counts["PROCESSING"] > 0
+
             wait_until(mixed, 600, "jobs in several states")
+            try:
+                wait_until(waiting, 30, "a job waiting or running", interval_s=0.05)
+            except AssertionError:
+                pass
             states_at_kill.append(node.get("/api/v1/jobs?limit=1")["counts"])
+            assert sender.is_alive()  # the kill lands during a receive
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait()
             stop.set()
             sender.join()
-            remaining = [
-                p
-                for p in paths
-                if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                not in set(acknowledged)
-            ]
+            unsent = [p for p in fresh if uid_of[p] not in set(acknowledged)]
             node = start_node(tmp_path / "node", dicom_port=port, args=args)
         # The PACS re-sends what was never acknowledged.
-        send_each(port, remaining, acknowledged, threading.Event())
+        send_each(port, unsent, acknowledged, threading.Event())
         wait_until(
             lambda: (
                 len(all_jobs(node)) >= 50 and all(j["state"] in TERMINAL for j in all_jobs(node))
@@ -137,8 +175,9 @@ def test_kill_9_in_every_state_loses_nothing_and_delivers_once(tmp_path: Path) -
         jobs = all_jobs(node)
         stop_process(node.proc)
         by_source = received_by_source(received)
-    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    sources = set(uid_of.values())
     assert set(acknowledged) == sources
+    assert len(jobs) == 50  # a re-sent instance is not a second job
     assert Counter(j["state"] for j in jobs) == Counter({"DONE": len(jobs)})
     duplicates = 0
     for uid in sources:
