@@ -196,13 +196,13 @@ def build_measurement_report(
         groups = [_no_mass_group(source, provenance, context)]
     with highdicom_errors(ReportError, "the measurement report"):
         report = hd.sr.MeasurementReport(
-            observation_context=_observation_context(provenance),
+            observation_context=observation_context(provenance),
             procedure_reported=MAMMOGRAPHY,
             imaging_measurements=groups,
         )
         evidence = [reference_dataset(source)]
         if segmentation is not None and lesions:
-            evidence.append(_evidence_of(segmentation))
+            evidence.append(evidence_of(segmentation))
         sr = report_document(
             evidence=evidence,
             content=report[0],
@@ -218,7 +218,7 @@ def build_measurement_report(
             ),
         )
     copy_patient_study(source, sr)
-    sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
+    sr.CodingSchemeIdentificationSequence = [local_scheme(provenance)]
     return sr
 
 
@@ -262,7 +262,7 @@ def _context(source: Dataset, algorithm: hd.sr.AlgorithmIdentification) -> _Cont
     return _Context(algorithm, site)
 
 
-def _observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
+def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
     """The model as the device observer (PS3.16 TID 1002/1004)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=provenance.device_uid,
@@ -302,8 +302,8 @@ def _lesion_groups(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier=identifier, uid=tracking_uid),
         referenced_segment=_segment_reference(source, segmentation),
         measurements=[
-            _measurement(AREA, area, SQUARE_MILLIMETRE if spacing else PIXELS, method),
-            _measurement(LONG_AXIS, diameter, length_unit, method),
+            measurement(AREA, area, SQUARE_MILLIMETRE if spacing else PIXELS, method),
+            measurement(LONG_AXIS, diameter, length_unit, method),
             hd.sr.Measurement(
                 name=PROBABILITY,
                 value=round(lesion.mean_probability, PROBABILITY_DECIMALS),
@@ -334,8 +334,8 @@ def _lesion_groups(
         ),
         geometric_purpose=BOUNDED_BY,
         measurements=[
-            _measurement(WIDTH, width, length_unit, method),
-            _measurement(HEIGHT, height, length_unit, method),
+            measurement(WIDTH, width, length_unit, method),
+            measurement(HEIGHT, height, length_unit, method),
         ],
         **common,  # type: ignore[arg-type]
     )
@@ -353,7 +353,7 @@ def _values(lesion: Lesion, spacing: PixelSpacing | None) -> tuple[float, float,
     return tuple(float(value) for value in values)  # type: ignore[return-value, arg-type]
 
 
-def _measurement(name: Code, value: float, unit: Code, method: Code) -> hd.sr.Measurement:
+def measurement(name: Code, value: float, unit: Code, method: Code) -> hd.sr.Measurement:
     rounded = round(float(value), LENGTH_DECIMALS)
     return hd.sr.Measurement(name=name, value=rounded, unit=unit, method=method)
 
@@ -418,7 +418,7 @@ def _segment_frame(segmentation: Dataset) -> int:
     raise ReportError(f"the SEG has no frame of segment {SEGMENT_NUMBER}")
 
 
-def _evidence_of(segmentation: Dataset) -> Dataset:
+def evidence_of(segmentation: Dataset) -> Dataset:
     """The SEG's UIDs only: evidence needs no patient data (PS3.3 C.17.2.3)."""
     evidence = Dataset()
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
@@ -426,7 +426,7 @@ def _evidence_of(segmentation: Dataset) -> Dataset:
     return evidence
 
 
-def _local_scheme(provenance: Provenance) -> Dataset:
+def local_scheme(provenance: Provenance) -> Dataset:
     """Coding Scheme Identification item for the local scheme (PS3.3 C.12.1.1.4)."""
     item = Dataset()
     item.CodingSchemeDesignator = LOCAL_SCHEME

@@ -40,10 +40,12 @@ from dicom_node.scp import (
 from dicom_node.scu import Destination
 from dicom_node.spool import remove_partial_files
 from dicom_node.tls import TlsSetupError, normalise_caller_names
+from dicom_node.views import VIEW_KEYWORDS, BreastView, breast_view
 from service import __version__, faults
 from service.app import NodeState, create_app
 from service.audit_trail import AuditTrail
 from service.db import Database, DatabaseError
+from service.exams import ExamOptions, ExamWriter, exam_interval
 from service.http_edge import server_config
 from service.inference import Segmenter, load_segmenter
 from service.logs import configure_logging
@@ -71,16 +73,26 @@ def accession_number_of(path: Path) -> str:
 
     Patient-adjacent: it goes into the job row (searchable), never into a log line.
     """
+    return admission_header(path)[0]
+
+
+def admission_header(path: Path) -> tuple[str, BreastView]:
+    """What admission keeps of a spool file's header: Accession Number, breast and view.
+
+    The view from Image Laterality / Laterality and the View Code Sequence or
+    View Position (dicom_node/views.py); ("", unknown) when the header cannot be read.
+    """
     try:
         ds = read_dataset(
             path,
             stop_before_pixels=True,
-            specific_tags=["AccessionNumber"],
+            specific_tags=["AccessionNumber", *VIEW_KEYWORDS],
             keep_bytes=HEADER_ALLOWANCE_BYTES,
         )
-        return str(ds.get("AccessionNumber", "") or "").strip()[:64]
+        accession = str(ds.get("AccessionNumber", "") or "").strip()[:64]
+        return accession, breast_view(ds)
     except Exception:  # noqa: BLE001 - the SCP has read this header; a job never waits on it
-        return ""
+        return "", BreastView("", "")
 
 
 def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[no-untyped-def]
@@ -93,6 +105,7 @@ def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[
     """
 
     def commit(instance: ReceivedInstance) -> None:
+        accession, view = admission_header(instance.path)
         admission = store.queue.admit(
             NewJob(
                 sop_instance_uid=instance.sop_instance_uid,
@@ -104,7 +117,9 @@ def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[
                 association_id=instance.association_id,
                 path=str(instance.path),
                 content_hash=dataset_digest(instance.path),
-                accession_number=accession_number_of(instance.path),
+                accession_number=accession,
+                laterality=view.laterality,
+                image_view=view.view,
             )
         )
         if admission.outcome == "duplicate" and admission.files_purged:
@@ -198,6 +213,16 @@ def pipeline_options(settings: Settings, segmenter: Segmenter) -> PipelineOption
         voi_index=settings.voi_index,
         tomosynthesis_policy=settings.tomosynthesis_policy,
         other_modality_policy=settings.other_modality_policy,
+    )
+
+
+def exam_options(settings: Settings, segmenter: Segmenter) -> ExamOptions:
+    """The exam writer's options: the same provenance as every per-image result."""
+    return ExamOptions(
+        provenance=pipeline_options(settings, segmenter).provenance,
+        outbox_dir=settings.outbox_dir,
+        stable_s=settings.exam_stable_s,
+        series_number=settings.exam_sr_series_number,
     )
 
 
@@ -405,6 +430,15 @@ def start_node(settings: Settings) -> Node:
     sweeper = RetentionSweeper(store, policy_from(settings), stop_event, audit)
     sweeper.start()
     workers.append(sweeper)
+    if settings.exam_stable_s > 0:
+        exams = ExamWriter(
+            store,
+            exam_options(settings, segmenter),
+            stop_event,
+            exam_interval(settings.exam_stable_s, settings.poll_interval_s),
+        )
+        exams.start()
+        workers.append(exams)
     scp = StorageSCP(
         scp_config(settings),
         job_sink(store, audit),

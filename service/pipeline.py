@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
@@ -102,6 +102,8 @@ class Results:
     uids: dict[str, str]  # kind -> SOP Instance UID
     segmentation: Segmentation
     timings: dict[str, float]
+    #: kind -> {"class": SOP Class UID, "series": Series Instance UID}: the exam SR's evidence
+    references: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Path]:
@@ -323,4 +325,8 @@ def process_instance(
         uids={kind: str(result.SOPInstanceUID) for kind, result in results.items()},
         segmentation=segmentation,
         timings=timings,
+        references={
+            kind: {"class": str(result.SOPClassUID), "series": str(result.SeriesInstanceUID)}
+            for kind, result in results.items()
+        },
     )

@@ -328,6 +328,16 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=300.0, gt=0, description="How often the retention sweep runs"
     )
+    # Exams (issue 15 part 3; service/exams.py, README "Exams"): one exam-level SR per study.
+    exam_stable_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Write the exam SR of a study without all four views once no image of it "
+        "arrived for this long; 0: no exam SRs at all",
+    )
+    exam_sr_series_number: int = Field(
+        default=9904, ge=1, le=2**31 - 1, description="Series number of the exam SR"
+    )
     # Audit trail (issue 12; service/audit_trail.py, docs/security.md "Audit trail"): DICOM
     # audit messages (PS3.15 A.5), one file per UTC day under audit_dir, kept for
     # retention_audit_days; optionally also sent to a syslog server over TLS (RFC 5425).

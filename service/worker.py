@@ -26,6 +26,7 @@ from dicom_node.scu import Destination, SendError, send_files
 from service.audit_trail import AuditTrail
 from service.inference import Segmenter
 from service.pipeline import JobFailed, JobSkipped, PipelineOptions, process_instance
+from service.segmentation import lesion_view
 from service.store import Job, JobState, JobStore
 from service.store.owners import stopped_here
 
@@ -193,6 +194,9 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
             "files": [str(p) for p in results.files],
             "overlay": str(results.overlay) if results.overlay else None,
             "lesion_pixels": results.lesion_pixels,
+            # For the study view and the exam SR (service/exams.py): no second read of the SR.
+            "lesions": [lesion_view(lesion) for lesion in results.segmentation.lesions],
+            "references": results.references,
         },
     )
     log.info(

@@ -66,6 +66,9 @@ class JobOut(BaseModel):
         description="Accession Number of the received instance: only with show_patient_data "
         "and a token or session (patient-adjacent), else null",
     )
+    kind: str = Field(default="image", description="image (received) or exam (the exam SR)")
+    laterality: str = Field(default="", description="L, R or empty (Image Laterality)")
+    view: str = Field(default="", description="CC, MLO, another view (XCCL, ML, ...) or empty")
 
     @classmethod
     def of(cls, job: Job, *, patient_data: bool = False) -> JobOut:
@@ -91,6 +94,9 @@ class JobOut(BaseModel):
             crashes=job.crashes,
             files_deleted_at=utc(job.purged_at),
             accession_number=job.accession_number if patient_data else None,
+            kind=job.kind,
+            laterality=job.laterality,
+            view=job.image_view,
         )
 
 
@@ -311,3 +317,57 @@ class SegmentOut(BaseModel):
     mask_png: str = Field(description="Base64 PNG at the image matrix, 255 inside the mask")
     overlay_png: str = Field(description="Base64 PNG, red overlay at alpha 0.4, downscaled")
     warning: str
+
+
+class StudyViewJob(BaseModel):
+    """One image job of a study, as the study view lists it."""
+
+    job_id: int
+    state: JobState
+    sop_instance_uid: str
+    view: str = Field(description="L-CC ... R-MLO, R-XCCL, ?-MLO, or empty when unknown")
+
+
+class BreastOut(BaseModel):
+    images: int
+    segmented: int = Field(description="Images of the breast with results")
+    mass_found: bool | None = Field(description="null: no image of the breast was segmented")
+    lesion_count: int
+    largest_diameter_mm: float | None = Field(description="The largest lesion's diameter")
+    largest_diameter_px: float | None = Field(description="When the image had no pixel spacing")
+    largest_in_job: int | None = Field(description="The job of the image it was found on")
+    missing_views: list[str] = Field(description="CC, MLO: not received or not segmented")
+
+
+class StudyOut(BaseModel):
+    """A study as an exam (README "Exams"); no patient data unless the jobs would show it."""
+
+    study_instance_uid: str
+    state: str = Field(description="OPEN, COMPLETE, WRITTEN; UNKNOWN for studies before 0007")
+    version: int
+    trigger: str = Field(description="complete (all four views) or stable (exam_stable_s)")
+    exam_sr_uid: str | None
+    exam_sr_job_id: int | None
+    reason: str
+    last_arrival_at: datetime | None
+    complete_at: datetime | None
+    written_at: datetime | None
+    views: dict[str, list[StudyViewJob]] = Field(description="L-CC, L-MLO, R-CC, R-MLO")
+    other_views: list[StudyViewJob]
+    missing_views: list[str] = Field(description="Standard views with no job")
+    breasts: dict[str, BreastOut] = Field(description="L and R")
+    accession_number: str | None = Field(
+        default=None, description="As in the job listing: only where patient data may be shown"
+    )
+
+
+class StudyDetail(StudyOut):
+    jobs: list[JobOut]
+    patient: PatientOut | None = None
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+    limit: int
+    offset: int

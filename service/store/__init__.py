@@ -13,6 +13,7 @@
                                                  metrics)
 ``store.housekeeping`` :class:`Housekeeping`     purge marks and row deletion (retention)
                     (housekeeping.py)
+``store.exams``     :class:`Exams` (exams.py)    one row per study, the exam SR's job
 ==================  ===========================  ==========================================
 
 The values they pass (jobs, states, events, errors) are in records.py; the
@@ -30,6 +31,7 @@ from service.db import Database, DatabaseError, Pool
 from service.store.admin import JobAdmin
 from service.store.audit import AssociationAudit
 from service.store.claims import JobQueue
+from service.store.exams import Exams
 from service.store.housekeeping import Housekeeping
 from service.store.reads import JobReads
 from service.store.records import (
@@ -41,6 +43,8 @@ from service.store.records import (
     TERMINAL,
     Admission,
     Association,
+    Exam,
+    ExamState,
     Job,
     JobConflict,
     JobEvent,
@@ -62,6 +66,9 @@ __all__ = [
     "Admission",
     "Association",
     "AssociationAudit",
+    "Exam",
+    "ExamState",
+    "Exams",
     "Housekeeping",
     "Job",
     "JobAdmin",
@@ -106,6 +113,7 @@ class JobStore:
         self.audit = AssociationAudit(self.pool)
         self.reads = JobReads(self.pool)
         self.housekeeping = Housekeeping(self.pool)
+        self.exams = Exams(self.pool)
 
     @property
     def path(self) -> Path:

@@ -113,6 +113,11 @@ class JobAdmin:
                     f"job {job_id} is {job.state.value}: only DONE, FAILED or SKIPPED jobs can "
                     "be reprocessed"
                 )
+            if job.kind == "exam":
+                raise JobConflict(
+                    f"job {job_id} is an exam SR the node wrote: it is written again when a "
+                    "new image of its study arrives, never reprocessed"
+                )
             other = conn.execute(
                 "SELECT id FROM jobs WHERE sop_instance_uid = :uid AND id <> :id "
                 "AND state IN :open",

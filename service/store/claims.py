@@ -37,7 +37,7 @@ from service.store.records import (
     StoreError,
     row_to_job,
 )
-from service.store.sql import add_counters, add_event, add_note, count, get_job
+from service.store.sql import add_counters, add_event, add_note, count, exam_arrival, get_job
 
 _OPEN_STATES = [s.value for s in OPEN]
 _OPEN_FOR_UID = (
@@ -107,10 +107,12 @@ class JobQueue:
             inserted = conn.execute(
                 "INSERT INTO jobs (sop_instance_uid, sop_class_uid, study_instance_uid, "
                 "series_instance_uid, transfer_syntax_uid, calling_ae_title, association_id, "
-                "path, state, created_at, updated_at, timings, content_hash, accession_number) "
+                "path, state, created_at, updated_at, timings, content_hash, accession_number, "
+                "laterality, image_view) "
                 "VALUES (:sop_instance_uid, :sop_class_uid, :study_instance_uid, "
                 ":series_instance_uid, :transfer_syntax_uid, :calling_ae_title, "
-                ":association_id, :path, :state, :now, :now, :timings, :content_hash, :accession) "
+                ":association_id, :path, :state, :now, :now, :timings, :content_hash, :accession, "
+                ":laterality, :image_view) "
                 "ON CONFLICT DO NOTHING RETURNING id",
                 {
                     "sop_instance_uid": new.sop_instance_uid,
@@ -126,6 +128,8 @@ class JobQueue:
                     "timings": json.dumps({"received_at": now}),
                     "content_hash": new.content_hash,
                     "accession": new.accession_number,
+                    "laterality": new.laterality,
+                    "image_view": new.image_view,
                 },
             ).fetchone()
             if inserted is None:  # another association committed a job for it meanwhile
@@ -138,6 +142,7 @@ class JobQueue:
                 return Admission(int(row["id"]), "open")
             job_id = int(inserted["id"])
             add_event(conn, job_id, JobState.RECEIVED, now)
+            exam_arrival(conn, new.study_instance_uid, now)
             return Admission(job_id, "created")
 
     def claim(
@@ -374,11 +379,14 @@ def _refresh_content(conn: Connection, row: Row, new: NewJob) -> None:
         and row["state"] == JobState.RECEIVED.value
     ):
         conn.execute(
-            "UPDATE jobs SET content_hash = :hash, accession_number = :accession "
+            "UPDATE jobs SET content_hash = :hash, accession_number = :accession, "
+            "laterality = :laterality, image_view = :image_view "
             "WHERE id = :id AND state = :received",
             {
                 "hash": new.content_hash,
                 "accession": new.accession_number,
+                "laterality": new.laterality,
+                "image_view": new.image_view,
                 "id": row["id"],
                 "received": JobState.RECEIVED.value,
             },

@@ -60,6 +60,8 @@ class NewJob:
     path: str
     content_hash: str = ""  # SHA-256 of the dataset (file meta excluded); "" when unknown
     accession_number: str = ""  # (0008,0050); patient-adjacent: searchable, never logged
+    laterality: str = ""  # "L", "R" or "" (dicom_node/views.py)
+    image_view: str = ""  # "CC", "MLO", another view's short name ("XCCL"), or ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Job:
     generation: int = 0  # times it was reprocessed (keys the result UIDs)
     purged_at: float | None = None  # when retention deleted its files
     accession_number: str = ""  # patient-adjacent: shown only where patient data may be
+    laterality: str = ""  # "L", "R" or "" (read at admission, dicom_node/views.py)
+    image_view: str = ""  # "CC", "MLO", another view ("XCCL", "ML", ...) or ""
+    kind: str = "image"  # "image": a received instance; "exam": the node's exam SR (sent only)
 
     @property
     def quarantined(self) -> bool:
@@ -155,6 +160,49 @@ class Association:
     ended_at: float | None
     instances: int
     outcome: str  # open, released, aborted, rejected
+
+
+class ExamState(StrEnum):
+    """An exam (one study): images arriving, the exam SR due, the exam SR written."""
+
+    OPEN = "OPEN"
+    COMPLETE = "COMPLETE"
+    WRITTEN = "WRITTEN"
+
+
+#: Job kinds: a received image, or the exam-level SR the node wrote (service/exams.py).
+JOB_KINDS = ("image", "exam")
+
+
+@dataclass(frozen=True)
+class Exam:
+    """One study as an exam (service/exams.py): no patient data, UIDs and times.
+
+    ``version`` counts the exam SRs written for the study (a late image after
+    WRITTEN reopens it as the next version); ``trigger`` says why the last one
+    became due ("complete": all four standard views finished; "stable": no
+    image arrived for ``exam_stable_s``).
+    """
+
+    id: int
+    study_instance_uid: str
+    state: ExamState
+    version: int
+    trigger: str
+    sr_uid: str
+    sr_job_id: int | None
+    reason: str
+    created_at: float
+    updated_at: float
+    last_arrival_at: float
+    complete_at: float | None
+    written_at: float | None
+
+
+def row_to_exam(row: Row) -> Exam:
+    values = dict(row)
+    values["state"] = ExamState(values["state"])
+    return Exam(**values)
 
 
 #: Outcomes of an association in the audit table.

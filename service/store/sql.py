@@ -51,6 +51,27 @@ def add_counters(conn: Connection, amounts: Mapping[str, int]) -> None:
             )
 
 
+def exam_arrival(conn: Connection, study_uid: str, now: float) -> None:
+    """A new image of ``study_uid`` arrived: its exam is OPEN again, the stable clock restarts.
+
+    A WRITTEN exam reopens as the next version (its next exam SR gets new
+    UIDs, service/exams.py); a COMPLETE one not yet written waits for the new
+    image too. The SET expressions read the row as it was (both backends).
+    """
+    if not study_uid:
+        return
+    conn.execute(
+        "INSERT INTO exams (study_instance_uid, state, version, created_at, updated_at, "
+        "last_arrival_at) VALUES (:study, :open, 1, :now, :now, :now) "
+        "ON CONFLICT (study_instance_uid) DO UPDATE SET "
+        "version = CASE WHEN exams.state = :written THEN exams.version + 1 "
+        "ELSE exams.version END, "
+        "complete_at = CASE WHEN exams.state = :written THEN NULL ELSE exams.complete_at END, "
+        "state = :open, last_arrival_at = :now, updated_at = :now",
+        {"study": study_uid, "open": "OPEN", "written": "WRITTEN", "now": now},
+    )
+
+
 def read_counters(conn: Connection) -> dict[str, int]:
     rows = conn.execute("SELECT name, value FROM counters").fetchall()
     return {str(r["name"]): int(r["value"]) for r in rows}

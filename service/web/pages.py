@@ -23,6 +23,7 @@ from service.api.deps import Caller, CallerDep, NodeDep, NodeState, readiness
 from service.api.jobs import BULK_RETRY_MAX, existing_job, job_detail
 from service.api.schemas import JobOut
 from service.api.segment import read_upload, result_out, run_segmentation, upload_limit
+from service.api.studies import study_detail, study_page
 from service.api.system import compute_stats, destination_list, model_info
 from service.store import Job, JobFilter, JobState
 from service.web.charts import latency_chart, throughput_chart
@@ -221,6 +222,18 @@ def job_page(request: Request, job_id: int, node: NodeDep, caller: PageDep) -> R
 @router.get("/fragments/jobs/{job_id}", response_class=HTMLResponse)
 def job_fragment(request: Request, job_id: int, node: NodeDep, caller: PageDep) -> Response:
     return render(request, "_job.html", caller, **_job(node, job_id, caller))
+
+
+# -- studies (exams) ------------------------------------------------------
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page(request: Request, node: NodeDep, caller: PageDep, offset: int = 0) -> Response:
+    page = study_page(node, caller, state=None, limit=50, offset=max(0, offset))
+    return render(request, "studies.html", caller, page=page)
+
+
+@router.get("/studies/{study_uid}", response_class=HTMLResponse)
+def study_page_view(request: Request, study_uid: str, node: NodeDep, caller: PageDep) -> Response:
+    return render(request, "study.html", caller, study=study_detail(node, study_uid[:64], caller))
 
 
 # -- destinations, associations, model ------------------------------------

@@ -62,6 +62,7 @@ SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
         "service.pipeline",
         "service.upload",
         "service.worker",
+        "service.exams",  # exam state, the study view and the exam SR
         "service.retention",
         "service.supervisor",  # serve's worker processes
     ),
