@@ -16,11 +16,19 @@ Decisions:
   SEG without Frame of Reference: the source's Frame of Reference locates
   nothing without image position and orientation, and carrying it would make
   Pixel Measures' Slice Thickness mandatory (PS3.3 C.7.6.16.2.1), which a
-  projection has not got.  Nor does it get a Pixel Measures functional group:
-  highdicom 0.28 cannot read one back without Slice Thickness, and the
-  SEG shares its source's matrix, whose spacing the source states.  The SEG
-  is tied to its source by the Derivation Image and Referenced Series
-  Sequences.  Laterality lives in the segment's anatomic region modifier
+  projection has not got.  The SEG is tied to its source by the Derivation
+  Image and Referenced Series Sequences.  Its Shared Functional Groups still
+  carry Pixel Measures and Plane Orientation (Patient) (PS3.3 C.7.6.16.2.1,
+  C.7.6.16.2.4; may be present without a Frame of Reference, A.51.5.1),
+  because the OHIF Viewer (Cornerstone's SEG loader) loads no SEG without
+  them: Pixel Measures has the source's spacing and, as Slice Thickness, the
+  depth the projection integrates over, the source's Body Part Thickness
+  (compressed breast, PS3.3 C.8.7.8); without both (digitised film) the SEG
+  gets no Pixel Measures, as highdicom 0.28 reads one back only with Slice
+  Thickness, and OHIF cannot show it.  Plane Orientation is the identity
+  1\\0\\0\\0\\1\\0, saying only that the SEG's rows and columns run as its
+  source's (no Plane Position: there is no patient position to state).
+  Laterality lives in the segment's anatomic region modifier
   (PS3.3 10.2.1): dciodvfy flags General Series Laterality (Type 2C) in such
   a SEG as present although its condition is not met.
 - highdicom never sees patient identity: it would log a name it finds
@@ -56,6 +64,7 @@ from dicom_node.provenance import (
     reference_dataset,
     source_laterality,
 )
+from dicom_node.spacing import pixel_spacing
 
 DEFAULT_SEG_SERIES_DESCRIPTION: Final = "AI mass segmentation (not for diagnostic use)"
 SEGMENT_NUMBER: Final = 1
@@ -132,6 +141,8 @@ def build_segmentation(
             ),
         )
     _use_own_dimension_organization_uid(seg, source, provenance)
+    if "ImageOrientationPatient" not in source and "PlanePositionSequence" not in source:
+        _add_projection_geometry(seg, source)
     copy_patient_study(source, seg)
     copy_patient_orientation(source, seg)
     return seg
@@ -159,6 +170,32 @@ def _use_own_dimension_organization_uid(
         for item in seg.get(keyword, []):
             if "DimensionOrganizationUID" in item:
                 item.DimensionOrganizationUID = uid
+
+
+#: Rows along +x, columns along +y: the SEG's matrix is its source's, neither turned nor flipped.
+IDENTITY_ORIENTATION: Final = ["1", "0", "0", "0", "1", "0"]
+
+
+def _add_projection_geometry(seg: Dataset, source: Dataset) -> None:
+    """Shared Pixel Measures and Plane Orientation for the SEG of a 2-D image (see above)."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    spacing, thickness = pixel_spacing(source), _body_part_thickness(source)
+    if spacing is not None and thickness is not None:
+        measures = Dataset()
+        measures.PixelSpacing = [f"{spacing.row_mm:.6g}", f"{spacing.column_mm:.6g}"]
+        measures.SliceThickness = f"{thickness:.6g}"
+        shared.PixelMeasuresSequence = [measures]
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = IDENTITY_ORIENTATION
+    shared.PlaneOrientationSequence = [orientation]
+
+
+def _body_part_thickness(source: Dataset) -> float | None:
+    try:
+        value = float(source.get("BodyPartThickness"))
+    except (TypeError, ValueError):
+        return None
+    return value if 0 < value < float("inf") else None
 
 
 def _check_mask(mask: np.ndarray, source: Dataset) -> None:

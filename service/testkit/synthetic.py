@@ -377,6 +377,8 @@ def synthetic_mammogram(
     ds.PositionerType = "MAMMOGRAPHIC"
     ds.OrganExposed = "BREAST"
     ds.BreastImplantPresent = "NO"
+    # X-Ray Acquisition Dose (C.8.7.8): the compressed breast, as FFDM units report it
+    ds.BodyPartThickness = "50"
     ds.PartialView = "NO"
     view_value, view_meaning = _VIEW_CODES[view]
     view_code = _code_item(view_value, "SCT", view_meaning)
@@ -462,6 +464,7 @@ _DX_ONLY_KEYWORDS = (
     "PositionerType",
     "OrganExposed",
     "BreastImplantPresent",
+    "BodyPartThickness",
     "PartialView",
     "ViewCodeSequence",
     "AcquisitionContextSequence",

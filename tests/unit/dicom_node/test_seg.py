@@ -124,6 +124,36 @@ def test_seg_round_trips_the_mask_and_references_the_source(tmp_path: Path) -> N
     assert assert_valid_dicom(path) == []
 
 
+def test_seg_of_a_projection_carries_the_geometry_ohif_needs(tmp_path: Path) -> None:
+    """Shared Pixel Measures (spacing, Body Part Thickness) and an identity Plane Orientation."""
+    source = synthetic_mammogram(masses=MASSES, seed=1, **SMALL)
+    source.PixelSpacing = ["0.07", "0.08"]
+    source.BodyPartThickness = "42.5"
+    mask = mass_mask(source.Rows, source.Columns, MASSES)
+    path, seg = build_and_read(source, mask, tmp_path)
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [0.07, 0.08]
+    assert float(measures.SliceThickness) == 42.5
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in orientation] == [1, 0, 0, 0, 1, 0]
+    assert "PlanePositionSequence" not in seg.PerFrameFunctionalGroupsSequence[0]
+    assert np.array_equal(read_mask(seg, source), mask)
+    assert assert_valid_dicom(path) == []
+
+
+def test_seg_without_body_part_thickness_has_no_pixel_measures(tmp_path: Path) -> None:
+    source = synthetic_mammogram(masses=MASSES, seed=1, **SMALL)
+    del source.BodyPartThickness
+    path, seg = build_and_read(source, mass_mask(source.Rows, source.Columns, MASSES), tmp_path)
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" not in shared
+    assert "PlaneOrientationSequence" in shared
+    assert assert_valid_dicom(path) == []
+
+
 def test_segment_description_codes_and_algorithm(tmp_path: Path) -> None:
     source = synthetic_mammogram(laterality="R", view="MLO", **SMALL)
     mask = mass_mask(source.Rows, source.Columns, MASSES)
