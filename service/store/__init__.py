@@ -13,6 +13,8 @@
                                                  metrics)
 ``store.housekeeping`` :class:`Housekeeping`     purge marks and row deletion (retention)
                     (housekeeping.py)
+``store.commitments`` :class:`JobCommitments`    storage commitment requests and reports,
+                    (commitments.py)             COMMIT_PENDING -> DONE
 ==================  ===========================  ==========================================
 
 The values they pass (jobs, states, events, errors) are in records.py; the
@@ -30,6 +32,7 @@ from service.db import Database, DatabaseError, Pool
 from service.store.admin import JobAdmin
 from service.store.audit import AssociationAudit
 from service.store.claims import JobQueue
+from service.store.commitments import JobCommitments
 from service.store.housekeeping import Housekeeping
 from service.store.reads import JobReads
 from service.store.records import (
@@ -41,6 +44,7 @@ from service.store.records import (
     TERMINAL,
     Admission,
     Association,
+    Commitment,
     Job,
     JobConflict,
     JobEvent,
@@ -62,9 +66,11 @@ __all__ = [
     "Admission",
     "Association",
     "AssociationAudit",
+    "Commitment",
     "Housekeeping",
     "Job",
     "JobAdmin",
+    "JobCommitments",
     "JobConflict",
     "JobEvent",
     "JobFilter",
@@ -106,6 +112,7 @@ class JobStore:
         self.audit = AssociationAudit(self.pool)
         self.reads = JobReads(self.pool)
         self.housekeeping = Housekeeping(self.pool)
+        self.commitments = JobCommitments(self.pool)
 
     @property
     def path(self) -> Path:
