@@ -68,3 +68,6 @@ def test_results_are_done_only_once_orthanc_committed_them(tmp_path: Path) -> No
     assert states.index("SENDING") < states.index("COMMIT_PENDING") < states.index("DONE")
     assert f"storage commitment confirmed by ORTHANC@127.0.0.1:{pacs.dicom_port}" in trail[-1][1]
     assert "storage commitment report from ORTHANC" in log
+    (commitment,) = job["commitments"]
+    assert commitment["outcome"] == "committed" and commitment["instances"] == 3
+    assert commitment["answered_at"] is not None

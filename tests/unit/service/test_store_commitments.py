@@ -21,7 +21,12 @@ def pending_job(store: JobStore, uid: str = "1.2.826.0.1.3680043.8.498.7") -> in
         )
     )
     store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
-    store.queue.update(job_id, state=JobState.SENDING, delivered=["PACS@h:1"])
+    store.queue.update(
+        job_id,
+        state=JobState.SENDING,
+        delivered=["PACS@h:1", "OTHER@h:2"],
+        results={"files": ["/outbox/1/seg.dcm"]},
+    )
     store.commitments.requested(
         job_id, generation=0, destination="PACS@h:1", transaction_uid=uid, instances=3
     )
@@ -74,3 +79,14 @@ def test_a_pending_job_is_open_so_the_same_instance_makes_no_second_job(tmp_path
     )
     assert (admission.job_id, admission.outcome) == (job_id, "open")
     assert store.reads.counts()["COMMIT_PENDING"] == 1
+
+
+def test_an_admin_retry_after_a_failed_commitment_stores_and_asks_again(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_id = pending_job(store)
+    store.commitments.record("1.2.826.0.1.3680043.8.498.7", failed=1, reason="1 of 3 ...")
+    store.queue.update(job_id, state=JobState.FAILED, reason="storage commitment refused")
+    job = store.admin.retry(job_id)
+    assert job.state is JobState.RETRYING
+    assert job.delivered == ["OTHER@h:2"]  # PACS gets the instances again, OTHER does not
+    assert store.commitments.for_job(job_id, 0) == []  # and fresh requests, all attempts
