@@ -42,6 +42,9 @@ ALL_COMMITTED = 1
 SOME_FAILED = 2
 #: More referenced instances than this in one report is not a report we sent for.
 MAX_REPORTED_INSTANCES = 10_000
+#: Bytes a destination may send on the N-ACTION's association (its answer and a report
+#: of MAX_REPORTED_INSTANCES items fit); past it the association is aborted.
+MAX_REPORT_BYTES = 4 << 20
 COMMITMENT_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
@@ -189,12 +192,20 @@ def request_commitment(
             arrived.set()
         return int(Status.SUCCESS), None
 
+    received = [0]
+
+    def count_bytes(event: evt.Event) -> None:
+        received[0] += len(event.data)
+        if received[0] > MAX_REPORT_BYTES:
+            log.warning("%s sent more than %d bytes: aborted", destination, MAX_REPORT_BYTES)
+            event.assoc.abort()
+
     assoc: Any = association(
         destination,
         calling_ae,
         {(StorageCommitmentPushModel, syntax) for syntax in COMMITMENT_SYNTAXES},
         timeout_s,
-        handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        handlers=[(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DATA_RECV, count_bytes)],
     )
     try:
         status, _ = assoc.send_n_action(
@@ -219,7 +230,9 @@ def request_commitment(
         )
         deadline = time.monotonic() + wait_s
         while not arrived.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or (answered is not None and answered()):
+            if time.monotonic() >= deadline or not assoc.is_established:
+                break
+            if answered is not None and answered():
                 break
     finally:
         if assoc.is_established:

@@ -119,14 +119,16 @@ class FakePacs:
 
     def report(self, assoc: Any, uid: str, refs: list[tuple[str, str]]) -> None:
         time.sleep(0.1)  # after the N-ACTION response (PS3.4 J.3.3)
-        if self.mode == "same":
+        if self.mode in ("same", "flood"):
+            if self.mode == "flood":  # far more than was asked for
+                refs = refs + [(MG, f"1.2.3.{n}") for n in range(500)]
             status, _ = assoc.send_n_event_report(
                 report_dataset(uid, refs, 0),
                 ALL_COMMITTED,
                 StorageCommitmentPushModel,
                 COMMITMENT_INSTANCE_UID,
             )
-            self.report_statuses.append(int(status.Status))
+            self.report_statuses.append(int(getattr(status, "Status", -1)))
         elif self.mode in ("new", "fail"):
             failed = 1 if self.mode == "fail" else 0
             event_type = SOME_FAILED if failed else ALL_COMMITTED
@@ -241,6 +243,23 @@ def test_a_committed_report_on_either_association_makes_the_job_done(
     (row,) = store.commitments.for_job(job_id, 0)
     assert row.outcome == "committed" and row.transaction_uid == pacs.actions[0]
     assert job.reason == ""
+
+
+def test_a_report_too_large_on_the_same_association_is_aborted_and_left_pending(
+    store: JobStore, node_scp: int, results: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicom_node import commitment
+
+    monkeypatch.setattr(commitment, "MAX_REPORT_BYTES", 4096)
+    pacs = FakePacs("flood", node_scp)
+    try:
+        job_id = sending_job(store, results)
+        deliver(context(store, pacs, wait_s=5.0), store.reads.get(job_id))  # type: ignore[arg-type]
+        job = state_becomes(store, job_id, JobState.COMMIT_PENDING)
+    finally:
+        pacs.stop()
+    (row,) = store.commitments.for_job(job_id, 0)
+    assert row.outcome == "pending" and job.reason == ""
 
 
 def test_a_failure_report_resends_then_fails_with_the_count_and_reason(
