@@ -406,11 +406,17 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
     if not errors:
         ctx.store.queue.update(job.id, timings={"send_s": time.perf_counter() - start})
         if committing:
+            # Due when the oldest unanswered request times out (not later for a
+            # destination that was already waiting when another one was resent).
+            latest = {
+                r.destination: r for r in ctx.store.commitments.for_job(job.id, job.generation)
+            }
+            asked = [r.requested_at for r in latest.values() if r.outcome == "pending"]
             state = ctx.store.commitments.settle(
                 job.id,
                 generation=job.generation,
                 destinations=committing,
-                due_at=now + ctx.commit.timeout_s,
+                due_at=min(asked, default=now) + ctx.commit.timeout_s,
             )
             if state is JobState.COMMIT_PENDING:
                 log.info(
