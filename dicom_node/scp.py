@@ -38,9 +38,16 @@ from pynetdicom.sop_class import (
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalMammographyXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
+    StorageCommitmentPushModel,
     Verification,
 )
 
+from dicom_node.commitment import (
+    COMMITMENT_SYNTAXES,
+    CommitmentError,
+    CommitmentReport,
+    read_event_report,
+)
 from dicom_node.limits import (
     DEFAULT_MAX_INFLATED_BYTES,
     HEADER_ALLOWANCE_BYTES,
@@ -115,6 +122,12 @@ class InstanceSink(Protocol):
     """
 
     def __call__(self, instance: ReceivedInstance) -> None: ...
+
+
+class CommitmentSink(Protocol):
+    """Takes a storage commitment report (PS3.4 J.3.3); False: no request has its UID."""
+
+    def __call__(self, report: CommitmentReport) -> bool: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,11 +223,19 @@ class StorageSCP:
     """Owns the pynetdicom AE and its server; start() binds, stop() shuts down."""
 
     def __init__(
-        self, config: ScpConfig, sink: InstanceSink, events: AssociationEvents | None = None
+        self,
+        config: ScpConfig,
+        sink: InstanceSink,
+        events: AssociationEvents | None = None,
+        *,
+        commitments: CommitmentSink | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
         self.events = events or AssociationEvents()
+        #: Storage commitment reports on associations a destination opens (PS3.4 J.3.3);
+        #: None: the SOP class is not offered.
+        self.commitments = commitments
         self._server: GuardedAssociationServer | None = None
         self._lock = threading.Lock()
         self._instances: dict[str, int] = {}
@@ -262,6 +283,12 @@ class StorageSCP:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        if self.commitments is not None:
+            # A destination reporting on a new association proposes itself as the
+            # SCP of the SOP class (PS3.4 J.3.3, SCP/SCU role selection PS3.7 D.3.3.4).
+            ae.add_supported_context(
+                StorageCommitmentPushModel, COMMITMENT_SYNTAXES, scu_role=True, scp_role=True
+            )
         return ae
 
     def start(self) -> None:
@@ -271,6 +298,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_EVENT_REPORT, self.handle_event_report),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
@@ -308,6 +336,64 @@ class StorageSCP:
     # -- handlers ---------------------------------------------------------
     def handle_echo(self, event: evt.Event) -> int:
         return int(Status.SUCCESS)
+
+    def handle_event_report(self, event: evt.Event) -> tuple[int, None]:
+        """A storage commitment report (PS3.4 J.3.3): recorded, and always answered.
+
+        An unreadable report gets 0x0110 processing failure; one for a Transaction
+        UID we do not know is acknowledged and logged (UIDs only): the peer has
+        nothing to retry. Its size was bounded as it arrived (``_count_bytes``).
+        """
+        assoc_id = _assoc_id(event.assoc)
+        with self._lock:
+            self._bytes[assoc_id] = 0
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if self.commitments is None:
+            return int(Status.PROCESSING_FAILURE), None
+        try:
+            report = read_event_report(
+                event.event_type, event.event_information, calling_ae_title=calling
+            )
+        except CommitmentError as exc:
+            log.warning(
+                "unreadable storage commitment report on %s: %s",
+                assoc_id,
+                exc,
+                extra=_fields("commitment_unreadable", assoc_id),
+            )
+            return int(Status.PROCESSING_FAILURE), None
+        try:
+            known = self.commitments(report)
+        except Exception:  # boundary: a store hiccup becomes a status the peer retries on
+            log.exception(
+                "storage commitment report on %s not recorded",
+                assoc_id,
+                extra=_fields("commitment_not_recorded", assoc_id),
+            )
+            return int(Status.PROCESSING_FAILURE), None
+        fields = {
+            **_fields("commitment_report", assoc_id),
+            "transaction_uid": report.transaction_uid,
+        }
+        if known:
+            log.info(
+                "storage commitment report from %s on %s: transaction %s, %d committed, %d failed",
+                calling,
+                assoc_id,
+                report.transaction_uid,
+                len(report.committed),
+                len(report.failed),
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "storage commitment report from %s on %s for unknown transaction %s: ignored",
+                calling,
+                assoc_id,
+                report.transaction_uid,
+                extra={**fields, "event": "commitment_unknown"},
+            )
+        return int(Status.SUCCESS), None
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc

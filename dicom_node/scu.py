@@ -32,9 +32,11 @@ _DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[^:@?]+):(?P<port>\d{
 TLS_PREFIX = "tls://"
 #: The options of a TLS destination, in the string form's order.
 TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "server_name")
+#: The option that asks a DIMSE destination for Storage Commitment (dicom_node/commitment.py).
+COMMIT_OPTION = "commit=1"
 DESTINATION_FORMS = (
-    "AET@HOST:PORT, or for TLS tls://AET@HOST:PORT?ca_file=FILE"
-    "[&cert_file=FILE&key_file=FILE][&server_name=NAME], or for DICOMweb "
+    "AET@HOST:PORT[?commit=1], or for TLS tls://AET@HOST:PORT?ca_file=FILE"
+    "[&cert_file=FILE&key_file=FILE][&server_name=NAME][&commit=1], or for DICOMweb "
     f"{STOW_FORM}"
 )
 
@@ -81,6 +83,15 @@ class DestinationTls:
         )
 
 
+def _commit_option(query: str, text: str) -> tuple[str, bool]:
+    """The query without ``commit=1`` (and whether it was there); ``commit=`` else refused."""
+    parts = query.split("&") if query else []
+    commits = [p for p in parts if p.partition("=")[0] == "commit"]
+    if any(p != COMMIT_OPTION for p in commits) or len(commits) > 1:
+        raise ValueError(f"destination {text!r}: the commitment option is written {COMMIT_OPTION}")
+    return "&".join(p for p in parts if p not in commits), bool(commits)
+
+
 def _tls_options(query: str, text: str) -> DestinationTls:
     """``ca_file=...&cert_file=...``: values are taken literally (no %-decoding)."""
     values: dict[str, str] = {}
@@ -112,7 +123,9 @@ class Destination:
     """A peer that receives results: ``AET@HOST:PORT``, optionally over TLS, or DICOMweb.
 
     A DICOMweb destination (``web``, dicom_node/stow.py) has no AE title; its host
-    and port are the URL's.
+    and port are the URL's. ``commit``: after the results are stored, ask the
+    destination to commit them (Storage Commitment Push Model, PS3.4 J); a DIMSE
+    destination only.
     """
 
     ae_title: str
@@ -120,6 +133,7 @@ class Destination:
     port: int
     tls: DestinationTls | None = None
     web: WebTarget | None = None
+    commit: bool = False
 
     @classmethod
     def parse(cls, text: str, *, ciphers: str | None = None) -> Destination:
@@ -137,10 +151,16 @@ class Destination:
         if is_tls:
             body = body[len(TLS_PREFIX) :]
         body, sep, query = body.partition("?")
-        if sep and not is_tls:
-            raise ValueError(f"destination {text!r}: options after '?' need the tls:// form")
+        query, commit = _commit_option(query, text)
+        if sep and not query and not commit:
+            raise ValueError(f"destination {text!r}: nothing after '?'")
+        if sep and not is_tls and query:
+            raise ValueError(
+                f"destination {text!r}: options after '?' other than {COMMIT_OPTION} "
+                "need the tls:// form"
+            )
         if is_tls:
-            tls = _tls_options(query, text) if sep else None
+            tls = _tls_options(query, text) if query else None
             if tls is None:
                 raise ValueError(f"destination {text!r}: a TLS destination needs ?ca_file=FILE")
             if ciphers is not None:
@@ -149,13 +169,17 @@ class Destination:
         if not match or not 0 < int(match["port"]) < 65536 or not match["ae"].strip():
             raise ValueError(f"destination {text!r} is not {DESTINATION_FORMS}")
         return cls(
-            ae_title=match["ae"].strip(), host=match["host"], port=int(match["port"]), tls=tls
+            ae_title=match["ae"].strip(),
+            host=match["host"],
+            port=int(match["port"]),
+            tls=tls,
+            commit=commit,
         )
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> Destination:
-        """The config file's table form: ``{ae_title, host, port, tls, ca_file, ...}``."""
-        known = {"ae_title", "host", "port", "tls", *TLS_OPTIONS}
+        """The config file's table form: ``{ae_title, host, port, tls, ca_file, ..., commit}``."""
+        known = {"ae_title", "host", "port", "tls", "commit", *TLS_OPTIONS}
         unknown = sorted(set(table) - known)
         if unknown:
             raise ValueError(
@@ -176,15 +200,19 @@ class Destination:
                 raise ValueError(
                     f"destination table: {key} must be a non-empty path or name without '&' or '?'"
                 )
+        commit = table.get("commit", False)
+        if not isinstance(commit, bool):
+            raise ValueError("destination table: commit must be true or false")
         port = table["port"]
         if isinstance(port, bool) or not isinstance(port, int | str):
             raise ValueError("destination table: port must be a number")
         base = f"{table['ae_title']}@{table['host']}:{port}"
+        query = [f"{k}={v}" for k, v in options.items()] + ([COMMIT_OPTION] if commit else [])
         if not tls:
-            return cls.parse(base)
+            return cls.parse(base + ("?" + "&".join(query) if query else ""))
         if "ca_file" not in options:
             raise ValueError(f"destination {base}: tls = true needs ca_file")
-        return cls.parse(TLS_PREFIX + base + "?" + "&".join(f"{k}={v}" for k, v in options.items()))
+        return cls.parse(TLS_PREFIX + base + "?" + "&".join(query))
 
     @property
     def name(self) -> str:
@@ -198,12 +226,13 @@ class Destination:
         """The string form :meth:`parse` reads back (with the TLS or DICOMweb options)."""
         if self.web is not None:
             return self.web.spec
+        commit = [COMMIT_OPTION] if self.commit else []
         if self.tls is None:
-            return self.name
+            return self.name + ("?" + COMMIT_OPTION if self.commit else "")
         options = [
             f"{key}={value}" for key in TLS_OPTIONS if (value := getattr(self.tls, key)) is not None
         ]
-        return f"{TLS_PREFIX}{self.name}?{'&'.join(options)}"
+        return f"{TLS_PREFIX}{self.name}?{'&'.join(options + commit)}"
 
     def __str__(self) -> str:
         return self.name
@@ -218,9 +247,19 @@ def _connect_failure(destination: Destination, assoc: Any, context: ClientContex
     return "no answer"
 
 
-def _association(
-    destination: Destination, calling_ae: str, contexts: set[tuple[str, str]], timeout_s: float
+def association(
+    destination: Destination,
+    calling_ae: str,
+    contexts: set[tuple[str, str]],
+    timeout_s: float,
+    *,
+    handlers: list[tuple[Any, Any]] | None = None,
 ):  # type: ignore[no-untyped-def]
+    """An established association to ``destination`` offering ``contexts``; else SendError.
+
+    ``handlers``: pynetdicom event handlers bound to it (dicom_node/commitment.py
+    listens for an N-EVENT-REPORT on it).
+    """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
@@ -242,7 +281,11 @@ def _association(
             raise SendError(f"TLS cannot be set up: {exc}") from exc
         tls_args = (context, destination.tls.server_name or destination.host)
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=tls_args,
+        evt_handlers=handlers or None,
     )
     if not assoc.is_established:
         raise SendError(
@@ -300,7 +343,7 @@ def send_files(
         return
     datasets = [dcmread(path) for path in paths]
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    assoc = _association(destination, calling_ae, contexts, timeout_s)
+    assoc = association(destination, calling_ae, contexts, timeout_s)
     try:
         for ds in datasets:
             _fit_to_context(assoc, ds)
@@ -328,7 +371,7 @@ def echo(destination: Destination, *, calling_ae: str, timeout_s: float = 10.0) 
     """C-ECHO a destination (PS3.7 9.1.5); raises :class:`SendError` if unreachable."""
     if destination.web is not None:
         raise SendError(f"{destination} is a DICOMweb destination: C-ECHO does not apply")
-    assoc = _association(
+    assoc = association(
         destination, calling_ae, {(Verification, ImplicitVRLittleEndian)}, timeout_s
     )
     try:

@@ -312,6 +312,16 @@ def advise(settings: Settings, report: Report, *, worker: bool) -> None:
                 f"the SCP requires TLS but results go to {', '.join(plain)} in cleartext "
                 "(tls://AET@HOST:PORT?ca_file=FILE, deploy/README.md)"
             )
+    shut_out = [
+        d.ae_title
+        for d in settings.destination_list
+        if d.commit and settings.allowed_callers and d.ae_title not in settings.allowed_callers
+    ]
+    if shut_out:
+        report.warnings.append(
+            f"storage commitment from {', '.join(shut_out)}: not in allowed_callers, so a "
+            "report on a new association is rejected and the job times out (add the AE title)"
+        )
     if settings.uid_root == DEFAULT_UID_ROOT:
         report.warnings.append("uid_root is the example root: set your organisation's")
     if not worker and not settings.retention_days:

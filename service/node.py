@@ -27,11 +27,13 @@ from typing import Any
 
 import uvicorn
 
+from dicom_node.commitment import CommitmentReport
 from dicom_node.digest import dataset_digest
 from dicom_node.limits import HEADER_ALLOWANCE_BYTES, read_dataset
 from dicom_node.provenance import Provenance
 from dicom_node.scp import (
     AssociationEvents,
+    CommitmentSink,
     ReceivedInstance,
     ScpConfig,
     StorageSCP,
@@ -57,12 +59,14 @@ from service.store import JobStore, NewJob, StoreError
 from service.store.owners import left_by, this_process
 from service.supervisor import InProcessWorkers, WorkerHealth, WorkerProcesses
 from service.worker import (
+    CommitPolicy,
     Heartbeat,
     RetryPolicy,
     Sender,
     Worker,
     WorkerContext,
     heartbeat_interval,
+    record_report,
 )
 
 log = logging.getLogger(__name__)
@@ -158,6 +162,19 @@ def job_sink(store: JobStore, audit: AuditTrail | None = None):  # type: ignore[
         )
 
     return commit
+
+
+def commitment_sink(store: JobStore) -> CommitmentSink:
+    """The SCP's storage commitment sink: the report goes to the request it answers.
+
+    True when a request of this node has its Transaction UID (whichever
+    process sent it: the requests are rows in the store).
+    """
+
+    def record(report: CommitmentReport) -> bool:
+        return record_report(store, report) is not None
+
+    return record
 
 
 def association_audit(store: JobStore, audit: AuditTrail | None = None) -> AssociationEvents:
@@ -379,6 +396,11 @@ def start_workers(
         stale_claim_s=settings.stale_claim_s,
         heartbeat=heartbeat,
         audit=audit,
+        commit=CommitPolicy(
+            timeout_s=settings.commit_timeout_s,
+            attempts=settings.commit_attempts,
+            wait_s=settings.commit_wait_s,
+        ),
     )
     outbox: queue.Queue[int] = queue.Queue()
     workers: list[threading.Thread] = [
@@ -439,10 +461,12 @@ def start_node(settings: Settings) -> Node:
         )
         exams.start()
         workers.append(exams)
+    committing = any(d.commit for d in settings.destination_list)
     scp = StorageSCP(
         scp_config(settings),
         job_sink(store, audit),
         association_audit(store, audit),
+        commitments=commitment_sink(store) if committing else None,
     )
     try:
         scp.start()

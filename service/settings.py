@@ -192,6 +192,28 @@ class Settings(BaseSettings):
     retry_initial_s: float = Field(default=5.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     retry_give_up_s: float = Field(default=86400.0, gt=0)
+    # Storage Commitment (PS3.4 J) to destinations given with ?commit=1.
+    commit_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds to wait for a destination's storage commitment report "
+        "(N-EVENT-REPORT) before the request (N-ACTION) is sent again",
+    )
+    commit_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Storage commitment requests per destination before the job is FAILED; "
+        "after a failure report the results are sent again first",
+    )
+    commit_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="Seconds the N-ACTION's association stays open for a report on it; "
+        "later reports come on a new association to the node's SCP",
+    )
     poll_interval_s: float = Field(default=0.05, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     database_url: str | None = Field(

@@ -22,12 +22,18 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from dicom_node.commitment import (
+    CommitmentReport,
+    Reference,
+    new_transaction_uid,
+    request_commitment,
+)
 from dicom_node.scu import Destination, SendError, send_files
 from service.audit_trail import AuditTrail
 from service.inference import Segmenter
 from service.pipeline import JobFailed, JobSkipped, PipelineOptions, process_instance
 from service.segmentation import lesion_view
-from service.store import Job, JobState, JobStore
+from service.store import Commitment, Job, JobState, JobStore
 from service.store.owners import stopped_here
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,15 @@ class RetryPolicy:
     def delay(self, attempts: int) -> float:
         """Exponential backoff: initial, 2x initial, ... capped at max."""
         return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitPolicy:
+    """Storage Commitment (PS3.4 J) for destinations with ``commit``: settings commit_*."""
+
+    timeout_s: float = 600.0
+    attempts: int = 3
+    wait_s: float = 2.0
 
 
 class Heartbeat(threading.Thread):
@@ -130,6 +145,7 @@ class WorkerContext:
     stale_claim_s: float | None = None  # take back jobs that processes which stopped left
     heartbeat: Heartbeat | None = None
     audit: AuditTrail | None = None  # results sent: DICOM Instances Transferred messages
+    commit: CommitPolicy = CommitPolicy()
 
 
 @contextmanager
@@ -251,8 +267,91 @@ def deliver(ctx: WorkerContext, job: Job) -> None:
             )
 
 
+def record_report(store: JobStore, report: CommitmentReport) -> Commitment | None:
+    """Store a storage commitment report, from whichever association it came on.
+
+    None: no request of ours has its Transaction UID (logged by the caller).
+    """
+    return store.commitments.record(
+        report.transaction_uid,
+        failed=len(report.failed),
+        reason="" if report.all_committed else report.failure_summary(),
+    )
+
+
+def references_of(job: Job) -> list[Reference]:
+    """The instances a commitment request names: the job's result files (headers only)."""
+    refs: list[Reference] = []
+    for path in job.results.get("files", []):
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        refs.append(Reference(str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return refs
+
+
+def _commitment_step(
+    ctx: WorkerContext, job: Job, destination: Destination, rows: list[Commitment], now: float
+) -> tuple[str, str]:
+    """What to do about one delivered destination's commitment: (action, why).
+
+    ``done`` (committed), ``wait`` (a request is out, not timed out), ``request``
+    (none yet, or the last timed out: N-ACTION again), ``resend`` (it reported
+    failures: the instances again, then a request), ``fail`` (``why`` says it).
+    """
+    if any(r.outcome == "committed" for r in rows):
+        return "done", ""
+    if not rows:
+        return "request", ""
+    last = rows[-1]
+    if last.outcome == "pending" and now - last.requested_at < ctx.commit.timeout_s:
+        return "wait", ""
+    if len(rows) >= ctx.commit.attempts:
+        if last.outcome == "failed":
+            return "fail", (
+                f"storage commitment refused by {destination}: {last.reason} "
+                f"(after {len(rows)} requests)"
+            )
+        return "fail", (
+            f"storage commitment of {last.instances} instances not confirmed by {destination} "
+            f"within {ctx.commit.timeout_s:g} s (after {len(rows)} requests)"
+        )
+    return ("resend", "") if last.outcome == "failed" else ("request", "")
+
+
+def _request(ctx: WorkerContext, job: Job, destination: Destination) -> None:
+    """One N-ACTION for the job's results; the row is written first (a quick report finds it)."""
+    refs = references_of(job)
+    transaction_uid = new_transaction_uid()
+    ctx.store.commitments.requested(
+        job.id,
+        generation=job.generation,
+        destination=destination.name,
+        transaction_uid=transaction_uid,
+        instances=len(refs),
+    )
+    try:
+        report = request_commitment(
+            destination,
+            refs,
+            transaction_uid,
+            calling_ae=ctx.calling_ae,
+            timeout_s=ctx.send_timeout_s,
+            wait_s=ctx.commit.wait_s,
+            answered=lambda: ctx.store.commitments.answered(transaction_uid),
+        )
+    except BaseException:
+        ctx.store.commitments.withdraw(transaction_uid)
+        raise
+    if report is not None:
+        record_report(ctx.store, report)
+
+
 def _deliver(ctx: WorkerContext, job: Job) -> None:
-    """Send the job's result files to every destination not yet served (job is SENDING)."""
+    """Send the job's result files to every destination not yet served (job is SENDING).
+
+    A destination with ``commit`` is served when it has also committed them
+    (PS3.4 J): until then the job waits COMMIT_PENDING, and the sender comes
+    back when a failure is reported or the request timed out.
+    """
     files = [Path(p) for p in job.results.get("files", [])]
     problem = unreadable_results(files)
     if problem:
@@ -261,29 +360,84 @@ def _deliver(ctx: WorkerContext, job: Job) -> None:
     delivered = list(job.delivered)
     start = time.perf_counter()
     errors: list[str] = []
+    fatal: list[str] = []
+    committing: list[str] = []
+    rows = ctx.store.commitments.for_job(job.id, job.generation) if ctx.destinations else []
     for destination in ctx.destinations:
-        if destination.name in delivered:
-            continue
-        try:
-            send_files(destination, files, calling_ae=ctx.calling_ae, timeout_s=ctx.send_timeout_s)
-        except (SendError, OSError, RuntimeError) as exc:
-            errors.append(f"{destination}: {exc}")
+        step = "request"
+        if destination.commit:
+            committing.append(destination.name)
+            if destination.name in delivered:
+                mine = [r for r in rows if r.destination == destination.name]
+                step, why = _commitment_step(ctx, job, destination, mine, time.time())
+                if step == "fail":
+                    fatal.append(why)
+                    continue
+                if step == "resend":
+                    delivered.remove(destination.name)
+        if destination.name not in delivered:
+            try:
+                send_files(
+                    destination, files, calling_ae=ctx.calling_ae, timeout_s=ctx.send_timeout_s
+                )
+            except (SendError, OSError, RuntimeError) as exc:
+                errors.append(f"{destination}: {exc}")
+                if ctx.audit is not None:
+                    ctx.audit.results_sent(job, destination, error=str(exc))
+                continue
             if ctx.audit is not None:
-                ctx.audit.results_sent(job, destination, error=str(exc))
-            continue
-        if ctx.audit is not None:
-            ctx.audit.results_sent(job, destination)
-        delivered.append(destination.name)
-        ctx.store.queue.update(job.id, delivered=delivered)
+                ctx.audit.results_sent(job, destination)
+            delivered.append(destination.name)
+            ctx.store.queue.update(job.id, delivered=delivered)
+            step = "request"
+        if destination.commit and step in ("request", "resend"):
+            try:
+                _request(ctx, job, destination)
+            except (SendError, OSError, RuntimeError) as exc:
+                errors.append(f"{destination}: {exc}")
     now = time.time()
-    if not errors:
-        ctx.store.queue.update(
+    if fatal:
+        reason = "; ".join(fatal + errors)
+        ctx.store.queue.update(job.id, state=JobState.FAILED, delivered=delivered, reason=reason)
+        log.warning(
+            "job %d FAILED (%s): %s",
             job.id,
-            state=JobState.DONE,
-            reason="",
-            clear_next_attempt=True,
-            timings={"send_s": time.perf_counter() - start, "done_at": now},
+            job.sop_instance_uid,
+            reason,
+            extra=job_fields(job, "job_commitment_failed"),
         )
+        return
+    if not errors:
+        ctx.store.queue.update(job.id, timings={"send_s": time.perf_counter() - start})
+        if committing:
+            # Due when the oldest unanswered request times out (not later for a
+            # destination that was already waiting when another one was resent).
+            latest = {
+                r.destination: r for r in ctx.store.commitments.for_job(job.id, job.generation)
+            }
+            asked = [r.requested_at for r in latest.values() if r.outcome == "pending"]
+            state = ctx.store.commitments.settle(
+                job.id,
+                generation=job.generation,
+                destinations=committing,
+                due_at=min(asked, default=now) + ctx.commit.timeout_s,
+            )
+            if state is JobState.COMMIT_PENDING:
+                log.info(
+                    "job %d COMMIT_PENDING (%s): waiting for storage commitment",
+                    job.id,
+                    job.sop_instance_uid,
+                    extra=job_fields(job, "job_commit_pending"),
+                )
+                return
+        else:
+            ctx.store.queue.update(
+                job.id,
+                state=JobState.DONE,
+                reason="",
+                clear_next_attempt=True,
+                timings={"done_at": now},
+            )
         log.info(
             "job %d DONE (%s) sent to %d destinations",
             job.id,
@@ -412,9 +566,13 @@ class Sender(threading.Thread):
                     finally:
                         if self.ctx.heartbeat is not None:
                             self.ctx.heartbeat.release(job_id)
-                # One due retry per turn, so retries never starve under load.
+                # One due retry per turn, so retries never starve under load; a
+                # COMMIT_PENDING job is due when its destination reported a failure
+                # or its request timed out.
                 job = store.queue.claim(
-                    [JobState.RETRYING], JobState.SENDING, owner=self.ctx.worker_id
+                    [JobState.RETRYING, JobState.COMMIT_PENDING],
+                    JobState.SENDING,
+                    owner=self.ctx.worker_id,
                 )
                 if job is not None:
                     deliver(self.ctx, job)

@@ -123,6 +123,7 @@ def job_detail(node: NodeState, job: Job, caller: Caller) -> JobDetail:
     return JobDetail.detail(
         job,
         node.store.reads.events(job.id),
+        commitments=node.store.commitments.for_job(job.id, job.generation),
         patient=patient,
         patient_data=caller.may_see_patient_data(node.settings),
     )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, Field
 
 from service.stats import ALL_STAGES, StageLatency, stage_durations, stage_end_times
-from service.store import Association, Job, JobEvent, JobState
+from service.store import Association, Commitment, Job, JobEvent, JobState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -124,6 +124,32 @@ class EventOut(BaseModel):
         return cls(at=utc(event.at), state=event.state, detail=event.detail)
 
 
+class CommitmentOut(BaseModel):
+    """One storage commitment request (PS3.4 J) for the job's current results."""
+
+    destination: str
+    transaction_uid: str
+    instances: int
+    requested_at: datetime
+    answered_at: datetime | None
+    outcome: Literal["pending", "committed", "failed"]
+    failed: int = Field(description="Instances the destination reported as not committed")
+    reason: str
+
+    @classmethod
+    def of(cls, row: Commitment) -> CommitmentOut:
+        return cls(
+            destination=row.destination,
+            transaction_uid=row.transaction_uid,
+            instances=row.instances,
+            requested_at=utc(row.requested_at),
+            answered_at=utc(row.answered_at),
+            outcome=row.outcome,
+            failed=row.failed,
+            reason=row.reason,
+        )
+
+
 class PatientOut(BaseModel):
     """Only with ``show_patient_data`` (trusted networks)."""
 
@@ -137,6 +163,10 @@ class JobDetail(JobOut):
     total_s: float | None = Field(description="Received to DONE")
     retries: int = Field(description="Times the job went to RETRYING (automatic and by hand)")
     events: list[EventOut]
+    commitments: list[CommitmentOut] = Field(
+        default_factory=list,
+        description="Storage commitment requests to destinations with commit=1, oldest first",
+    )
     can_retry: bool
     can_reprocess: bool
     patient: PatientOut | None = None
@@ -149,6 +179,7 @@ class JobDetail(JobOut):
         *,
         patient: PatientOut | None = None,
         patient_data: bool = False,
+        commitments: list[Commitment] | None = None,
     ) -> JobDetail:
         from service.store import RETRYABLE, TERMINAL
 
@@ -164,6 +195,7 @@ class JobDetail(JobOut):
             total_s=durations.get("total"),
             retries=sum(1 for e in events if e.state is JobState.RETRYING),
             events=[EventOut.of(e) for e in events],
+            commitments=[CommitmentOut.of(c) for c in commitments or []],
             can_retry=job.state in RETRYABLE and bool(job.results.get("files")),
             can_reprocess=job.state in TERMINAL and job.purged_at is None,
             patient=patient,

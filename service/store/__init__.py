@@ -14,6 +14,8 @@
 ``store.housekeeping`` :class:`Housekeeping`     purge marks and row deletion (retention)
                     (housekeeping.py)
 ``store.exams``     :class:`Exams` (exams.py)    one row per study, the exam SR's job
+``store.commitments`` :class:`JobCommitments`    storage commitment requests and reports,
+                    (commitments.py)             COMMIT_PENDING -> DONE
 ==================  ===========================  ==========================================
 
 The values they pass (jobs, states, events, errors) are in records.py; the
@@ -31,6 +33,7 @@ from service.db import Database, DatabaseError, Pool
 from service.store.admin import JobAdmin
 from service.store.audit import AssociationAudit
 from service.store.claims import JobQueue
+from service.store.commitments import JobCommitments
 from service.store.exams import Exams
 from service.store.housekeeping import Housekeeping
 from service.store.reads import JobReads
@@ -43,6 +46,7 @@ from service.store.records import (
     TERMINAL,
     Admission,
     Association,
+    Commitment,
     Exam,
     ExamState,
     Job,
@@ -69,9 +73,11 @@ __all__ = [
     "Exam",
     "ExamState",
     "Exams",
+    "Commitment",
     "Housekeeping",
     "Job",
     "JobAdmin",
+    "JobCommitments",
     "JobConflict",
     "JobEvent",
     "JobFilter",
@@ -114,6 +120,7 @@ class JobStore:
         self.reads = JobReads(self.pool)
         self.housekeeping = Housekeeping(self.pool)
         self.exams = Exams(self.pool)
+        self.commitments = JobCommitments(self.pool)
 
     @property
     def path(self) -> Path:

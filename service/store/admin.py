@@ -54,6 +54,24 @@ def _move(
     return _existing(conn, job.id)
 
 
+def _forget_uncommitted(conn: Connection, job: Job) -> list[str]:
+    """Drop the job's commitment requests that never succeeded; the delivered list without
+    their destinations (so the sender stores there again, then asks again)."""
+    rows = conn.execute(
+        "SELECT destination, outcome FROM commitments WHERE job_id = :job AND generation = :gen",
+        {"job": job.id, "gen": job.generation},
+    ).fetchall()
+    committed = {str(r["destination"]) for r in rows if r["outcome"] == "committed"}
+    uncommitted = {str(r["destination"]) for r in rows} - committed
+    if uncommitted:
+        conn.execute(
+            "DELETE FROM commitments WHERE job_id = :job AND generation = :gen "
+            "AND outcome <> 'committed'",
+            {"job": job.id, "gen": job.generation},
+        )
+    return [d for d in job.delivered if d not in uncommitted]
+
+
 class JobAdmin:
     """Retry and reprocess (the admin's two ways to redo part of a job)."""
 
@@ -65,7 +83,10 @@ class JobAdmin:
     ) -> Job:
         """Send a FAILED or RETRYING job's existing results again, due now.
 
-        The give-up clock starts again; attempts keep counting. Raises
+        The give-up clock starts again; attempts keep counting. A destination whose
+        storage commitment did not succeed gets the instances again and fresh
+        commitment requests (its old requests are forgotten: a late report for one
+        is then an unknown transaction, acknowledged and logged). Raises
         :class:`JobNotFound`, or :class:`JobConflict` when the job is in
         another state (a worker may have just taken it) or has no results.
         """
@@ -82,8 +103,10 @@ class JobAdmin:
                     f"job {job_id} has no results to send (it failed before they were built): "
                     "reprocess it instead"
                 )
-            changes = "next_attempt_at = :now, first_send_failure_at = NULL"
-            return _move(conn, job, JobState.RETRYING, changes, {}, now=now, detail=detail)
+            delivered = _forget_uncommitted(conn, job)
+            changes = "next_attempt_at = :now, first_send_failure_at = NULL, delivered = :delivered"
+            params = {"delivered": json.dumps(delivered)}
+            return _move(conn, job, JobState.RETRYING, changes, params, now=now, detail=detail)
 
     def reprocess(
         self,

@@ -87,6 +87,7 @@ class Housekeeping:
                 "DELETE FROM job_events WHERE job_id IN :ids", ids
             ).rowcount
             conn.execute("DELETE FROM job_notes WHERE job_id IN :ids", ids)
+            conn.execute("DELETE FROM commitments WHERE job_id IN :ids", ids)
             counts["job_rows"] = conn.execute("DELETE FROM jobs WHERE id IN :ids", ids).rowcount
             add_counters(
                 conn,

@@ -32,6 +32,8 @@ class JobState(StrEnum):
     PROCESSING = "PROCESSING"
     SENDING = "SENDING"
     RETRYING = "RETRYING"
+    #: Results stored at every destination; waiting for a destination's storage commitment.
+    COMMIT_PENDING = "COMMIT_PENDING"
     DONE = "DONE"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
@@ -148,6 +150,32 @@ class JobEvent:
     detail: str
 
 
+#: Outcomes of one storage commitment request (``commitments.outcome``).
+CommitmentOutcome = Literal["pending", "committed", "failed"]
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """One Storage Commitment request (N-ACTION) for a job's results at one destination.
+
+    ``generation``: the job's generation the results belong to (a reprocessed job's
+    new results need their own commitment). ``reason``: why it failed, UIDs and
+    statuses only (``2 of 3 instances not committed (0x0110 processing failure)``).
+    """
+
+    id: int
+    job_id: int
+    generation: int
+    destination: str
+    transaction_uid: str
+    instances: int
+    requested_at: float
+    answered_at: float | None
+    outcome: CommitmentOutcome
+    failed: int
+    reason: str
+
+
 @dataclass(frozen=True)
 class Association:
     """One DICOM association as the audit sees it (no patient data)."""
@@ -219,6 +247,10 @@ def row_to_job(row: Row) -> Job:
         values[column] = json.loads(values[column])
     values["state"] = JobState(values["state"])
     return Job(**values)
+
+
+def row_to_commitment(row: Row) -> Commitment:
+    return Commitment(**dict(row))
 
 
 def row_to_association(row: Row) -> Association:

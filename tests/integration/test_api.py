@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,32 @@ def test_job_detail_has_stages_reason_results_and_retries(client: TestClient) ->
     assert [e["state"] for e in body["events"]][-2:] == ["RETRYING", "DONE"]
     assert body["can_reprocess"] and not body["can_retry"]
     assert_problem(client.get("/api/v1/jobs/999", headers=AS_VIEWER), 404)
+
+
+def test_a_commit_pending_job_shows_its_commitment_in_the_api_and_page(
+    client: TestClient,
+) -> None:
+    store = store_of(client)
+    job_id = add_job(store)
+    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING)
+    store.queue.update(job_id, state=JobState.SENDING, delivered=["PACS@h:104"])
+    store.commitments.requested(
+        job_id, generation=0, destination="PACS@h:104", transaction_uid="1.2.77", instances=3
+    )
+    store.commitments.settle(
+        job_id, generation=0, destinations=["PACS@h:104"], due_at=time.time() + 3600
+    )
+    body = client.get(f"/api/v1/jobs/{job_id}", headers=AS_VIEWER).json()
+    assert body["state"] == "COMMIT_PENDING"
+    assert body["events"][-1]["detail"] == "waiting for storage commitment from PACS@h:104"
+    (commitment,) = body["commitments"]
+    assert commitment["outcome"] == "pending" and commitment["transaction_uid"] == "1.2.77"
+    listing = client.get("/api/v1/jobs?state=COMMIT_PENDING", headers=AS_VIEWER).json()
+    assert [j["id"] for j in listing["items"]] == [job_id]
+    assert listing["counts"]["COMMIT_PENDING"] == 1
+    page = client.get(f"/jobs/{job_id}", headers=AS_VIEWER)
+    assert page.status_code == 200
+    assert 'data-commitment="pending"' in page.text and "1.2.77" in page.text
 
 
 def test_retry_and_reprocess_follow_the_state_rules(client: TestClient) -> None:

@@ -108,3 +108,20 @@ def test_heartbeat_quarantine_and_retention_rows_on_postgres(store: JobStore) ->
     assert store.housekeeping.delete_finished(finished_before=6000.0)["job_rows"] == 1
     assert store.reads.event_count(JobState.FAILED) == done_before
     assert store.reads.counters()["retention.job_rows"] == 1
+
+
+def test_storage_commitment_pending_then_done_on_postgres(store: JobStore) -> None:
+    job_id, _ = store.queue.add(new_job("1.77"))
+    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
+    store.queue.update(job_id, state=JobState.SENDING, delivered=["PACS@h:1"])
+    store.commitments.requested(
+        job_id, generation=0, destination="PACS@h:1", transaction_uid="1.2.9.1", instances=3
+    )
+    pending = store.commitments.settle(
+        job_id, generation=0, destinations=["PACS@h:1"], due_at=10**12
+    )
+    assert pending is JobState.COMMIT_PENDING
+    assert store.queue.add(new_job("1.77")) == (job_id, False)  # still the open job
+    assert store.commitments.record("1.2.9.1", failed=0) is not None
+    job = store.reads.get(job_id)
+    assert job is not None and job.state is JobState.DONE

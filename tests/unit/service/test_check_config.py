@@ -197,6 +197,24 @@ def test_unknown_environment_variable_is_a_warning(tmp_path: Path, tiny_model: P
     assert "MAMMOSEG_DICOM_HOTS is not a setting; serve ignores it" in report.warnings
 
 
+def test_a_committing_destination_not_let_back_in_is_a_warning(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    flags = {
+        "data_dir": tmp_path,
+        "model_path": tiny_model,
+        "destinations": ["PACS@127.0.0.1:104?commit=1", "OTHER@127.0.0.1:105"],
+        "allowed_callers": ["MODALITY"],
+    }
+    report = check(None, flags, {}, worker=True)
+    assert report.exit_code == 0, report.problems
+    (warning,) = [w for w in report.warnings if "storage commitment" in w]
+    assert warning.startswith("storage commitment from PACS: not in allowed_callers")
+    flags["allowed_callers"] = ["MODALITY", "PACS"]
+    report = check(None, flags, {}, worker=True)
+    assert not [w for w in report.warnings if "storage commitment" in w]
+
+
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_serve_help_points_to_check_config_and_the_variables(
     command: str, capsys: pytest.CaptureFixture[str]

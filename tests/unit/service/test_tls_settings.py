@@ -144,6 +144,10 @@ def test_destination_forms_string_table_and_environment(
         ({"ae_title": "P", "host": "h", "port": 1, "tls": "yes"}, "tls must be true or false"),
         ({"ae_title": "P", "host": "h", "port": 1, "cafile": "/ca"}, "unknown key"),
         ({"ae_title": "P", "port": 1}, "host missing"),
+        ("PACS@h:104?commit=yes", "the commitment option is written commit=1"),
+        ("PACS@h:104?commit=1&commit=1", "the commitment option is written commit=1"),
+        ("PACS@h:104?", "nothing after '?'"),
+        ({"ae_title": "P", "host": "h", "port": 1, "commit": 1}, "commit must be true or false"),
     ],
 )
 def test_bad_destinations_are_named(value: object, message: str) -> None:
@@ -151,6 +155,23 @@ def test_bad_destinations_are_named(value: object, message: str) -> None:
         load_settings(destinations=[value])
     print(f"\n{value!r}: {exc.value}")
     assert message in str(exc.value)
+
+
+def test_commitment_is_opted_in_per_destination_in_every_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forms: list[object] = [
+        "A@h:1",
+        "B@h:2?commit=1",
+        "tls://C@h:3?ca_file=/ca.crt&commit=1",
+        {"ae_title": "D", "host": "h", "port": 4, "commit": True},
+    ]
+    destinations = load_settings(destinations=forms).destination_list
+    assert [d.commit for d in destinations] == [False, True, True, True]
+    assert [d.name for d in destinations] == ["A@h:1", "B@h:2", "C@h:3", "D@h:4"]
+    assert [Destination.parse(d.spec) for d in destinations] == destinations
+    monkeypatch.setenv("MAMMOSEG_DESTINATIONS", "A@h:1?commit=1")
+    assert [d.commit for d in load_settings().destination_list] == [True]
 
 
 # -- certificate-to-AE binding ------------------------------------------------------
