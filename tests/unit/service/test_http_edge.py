@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,8 @@ def _run(middleware: ForwardedMiddleware, scope: dict[str, Any]) -> dict[str, An
     middleware.app = app
     # In a thread of its own: asyncio.run refuses a thread where an earlier test in the same
     # process left an event loop marked running (seen in the full suite, never alone).
-    runner = threading.Thread(target=asyncio.run, args=(middleware(scope, None, None),))
-    runner.start()
-    runner.join(10)
-    assert not runner.is_alive()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, middleware(scope, None, None)).result(timeout=10)  # type: ignore[arg-type]
     return seen
 
 
