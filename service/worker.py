@@ -193,6 +193,11 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
             "files": [str(p) for p in results.files],
             "overlay": str(results.overlay) if results.overlay else None,
             "lesion_pixels": results.lesion_pixels,
+            # Named in the webhook bodies of this job (service/store/records.py).
+            "model": {
+                "name": ctx.options.provenance.model_name,
+                "version": ctx.options.provenance.model_version,
+            },
         },
     )
     log.info(

@@ -13,6 +13,8 @@
                                                  metrics)
 ``store.housekeeping`` :class:`Housekeeping`     purge marks and row deletion (retention)
                     (housekeeping.py)
+``store.notices``   :class:`WebhookNotices`      webhook notices: notify, claim, settle,
+                    (notices.py)                 dead letters (service/webhooks.py sends)
 ==================  ===========================  ==========================================
 
 The values they pass (jobs, states, events, errors) are in records.py; the
@@ -24,6 +26,7 @@ is common to both. The schema is owned by Alembic (service/migrations).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from service.db import Database, DatabaseError, Pool
@@ -31,6 +34,7 @@ from service.store.admin import JobAdmin
 from service.store.audit import AssociationAudit
 from service.store.claims import JobQueue
 from service.store.housekeeping import Housekeeping
+from service.store.notices import WebhookNotices
 from service.store.reads import JobReads
 from service.store.records import (
     ASSOCIATION_OUTCOMES,
@@ -48,6 +52,9 @@ from service.store.records import (
     JobNotFound,
     JobState,
     NewJob,
+    Notice,
+    NoticeNotFound,
+    NoticeState,
     Outcome,
     StoreError,
 )
@@ -74,8 +81,12 @@ __all__ = [
     "JobState",
     "JobStore",
     "NewJob",
+    "Notice",
+    "NoticeNotFound",
+    "NoticeState",
     "Outcome",
     "StoreError",
+    "WebhookNotices",
 ]
 
 
@@ -85,10 +96,17 @@ class JobStore:
     ``database`` is a :class:`service.db.Database` (SQLite or PostgreSQL) or,
     for the embedded default and tests, the path of an SQLite file. Every role
     borrows connections from the one pool; all are safe to use from any thread.
+    ``webhook_urls``: the receivers a job's DONE or FAILED is told to (notices
+    written with the change, sent by service/webhooks.py); none, no notices.
     """
 
     def __init__(
-        self, database: Database | Path, *, quarantine_after: int = 3, pool_size: int = 5
+        self,
+        database: Database | Path,
+        *,
+        quarantine_after: int = 3,
+        pool_size: int = 5,
+        webhook_urls: Sequence[str] = (),
     ) -> None:
         if quarantine_after < 1:
             raise ValueError(f"quarantine_after must be at least 1, got {quarantine_after}")
@@ -101,7 +119,10 @@ class JobStore:
                 conn.execute("SELECT 1")
         except DatabaseError as exc:
             raise StoreError(f"cannot open the job store: {exc}") from exc
-        self.queue = JobQueue(self.pool, quarantine_after=quarantine_after)
+        self.queue = JobQueue(
+            self.pool, quarantine_after=quarantine_after, webhook_urls=webhook_urls
+        )
+        self.notices = WebhookNotices(self.pool, webhook_urls)
         self.admin = JobAdmin(self.pool)
         self.audit = AssociationAudit(self.pool)
         self.reads = JobReads(self.pool)
