@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.access import AccessPolicy
-from service.api import dicomweb, jobs, segment, studies, system
+from service.api import dicomweb, jobs, segment, studies, system, webhooks
 from service.api.deps import (
     Check,
     Listening,
@@ -176,6 +176,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(studies.router)
+    app.include_router(webhooks.router)
     app.include_router(segment.router)
     app.include_router(dicomweb.router)
     app.include_router(pages.router)

@@ -24,7 +24,8 @@ send (same content) changes nothing. ``exam_stable_s = 0`` turns exam SRs off
 
 Then the hook :func:`exam_complete` is called once with a payload without
 patient data (event ``exam.complete``): the one place where notifications
-(webhooks) attach, through :data:`EXAM_COMPLETE_HOOKS`.
+attach, through :data:`EXAM_COMPLETE_HOOKS`; the webhook receivers are told
+through ``store.notices`` (:func:`tell_receivers`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from pydicom.errors import InvalidDicomError
 
@@ -53,12 +54,10 @@ from dicom_node.limits import read_dataset
 from dicom_node.provenance import DerivedObjectError, Provenance
 from dicom_node.spool import write_atomically
 from dicom_node.views import STANDARD_VIEWS, BreastView
-from service.store import OPEN, TERMINAL, Exam, ExamState, Job, JobStore
+from service.store import EXAM_COMPLETE, OPEN, TERMINAL, Exam, ExamState, Job, JobStore
 
 log = logging.getLogger(__name__)
 
-#: Event name of the hook (and of the webhooks that attach to it).
-EXAM_COMPLETE: Final = "exam.complete"
 #: Called with the payload of every exam SR written; append to attach (webhooks, tests).
 EXAM_COMPLETE_HOOKS: list[Callable[[dict[str, Any]], None]] = []
 
@@ -281,8 +280,22 @@ def check_exams(
         )
         view = study_view(store, exam.study_instance_uid)
         if view is not None:
-            on_complete(exam_payload(exam, view, sr_uid=sr_uid, job_id=job_id))
+            payload = exam_payload(exam, view, sr_uid=sr_uid, job_id=job_id)
+            tell_receivers(store, payload, job_id)
+            on_complete(payload)
     return written
+
+
+def tell_receivers(store: JobStore, payload: dict[str, Any], job_id: int) -> None:
+    """The webhook notice of an exam SR written (README "Webhooks"); a failure is logged.
+
+    Written after the exam's own commit: a crash between the two loses this one notice,
+    never the exam SR (which is a job, delivered like any other).
+    """
+    try:
+        store.notices.notify(EXAM_COMPLETE, payload, job_id=job_id)
+    except Exception:  # boundary: a notification never breaks the exam writer
+        log.exception("exam.complete notice of job %d not written", job_id)
 
 
 class ExamWriter(threading.Thread):

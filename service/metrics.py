@@ -103,6 +103,14 @@ class NodeCollector(Collector):
             finished.add_metric([state.value], self.store.reads.event_count(state))
         yield finished
         yield from store_counters(self.store.reads.counters())
+        notices = GaugeMetricFamily(
+            "mammoseg_webhook_notices",
+            "Webhook notices by state (PENDING, DELIVERED, DEAD: dead letters)",
+            labels=["state"],
+        )
+        for state, n in self.store.notices.counts().items():
+            notices.add_metric([state], n)
+        yield notices
         free = shutil.disk_usage(self.data_dir).free if self.data_dir.exists() else 0
         yield GaugeMetricFamily(
             "mammoseg_free_disk_bytes", "Free bytes on the data directory's disk", value=free
@@ -168,6 +176,11 @@ def store_counters(counters: dict[str, int]) -> Iterator[Metric]:
         "mammoseg_jobs_quarantined",
         "Jobs FAILED as quarantined: their processing crashed the node quarantine_after times",
         value=counters.get("quarantined", 0),
+    )
+    yield CounterMetricFamily(
+        "mammoseg_webhook_insert_failures",
+        "Job DONE/FAILED changes whose webhook notice could not be written (the job went on)",
+        value=counters.get("webhooks.insert_failed", 0),
     )
 
 

@@ -58,6 +58,7 @@ from service.settings import Settings
 from service.store import JobStore, NewJob, StoreError
 from service.store.owners import left_by, this_process
 from service.supervisor import InProcessWorkers, WorkerHealth, WorkerProcesses
+from service.webhooks import start_webhooks
 from service.worker import (
     CommitPolicy,
     Heartbeat,
@@ -338,10 +339,8 @@ def open_store(settings: Settings, *, recover: bool = True) -> JobStore:
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     quarantine = settings.quarantine_after
-    if settings.database_url:
-        store = JobStore(Database(settings.database_url), quarantine_after=quarantine)
-    else:
-        store = JobStore(settings.database_path, quarantine_after=quarantine)
+    database = Database(settings.database_url) if settings.database_url else settings.database_path
+    store = JobStore(database, quarantine_after=quarantine, webhook_urls=settings.webhook_urls)
     if not recover:
         return store
     me = this_process(settings.worker_id)
@@ -452,6 +451,10 @@ def start_node(settings: Settings) -> Node:
     sweeper = RetentionSweeper(store, policy_from(settings), stop_event, audit)
     sweeper.start()
     workers.append(sweeper)
+    # The webhook sender runs here, in serve itself, once (never in a worker process).
+    webhooks = start_webhooks(settings, store, stop_event)
+    if webhooks is not None:
+        workers.append(webhooks)
     if settings.exam_stable_s > 0:
         exams = ExamWriter(
             store,

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -45,7 +46,9 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
 
 
-SECRET_SETTINGS = frozenset({"viewer_token", "admin_token", "stow_token", "database_url"})
+SECRET_SETTINGS = frozenset(
+    {"viewer_token", "admin_token", "stow_token", "database_url", "webhook_secret"}
+)
 SOURCES = ("default", "file", "env", "flag")
 
 
@@ -279,6 +282,33 @@ class Settings(BaseSettings):
     max_stow_mb: int = Field(
         default=1024, ge=1, le=65536, description="One STOW-RS request body, all parts"
     )
+    # Webhooks: job.done, job.failed, exam.complete (service/webhooks.py, README "Webhooks").
+    webhook_urls: StrList = Field(
+        default_factory=list,
+        description="http(s) URLs POSTed a signed JSON notice on each event; none: no webhooks",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret of the X-Mammoseg-Signature HMAC-SHA256 (or the file below)",
+    )
+    webhook_secret_file: Path | None = Field(
+        default=None, description="File holding the webhook secret (first line), instead"
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="One delivery: connect, send and answer"
+    )
+    webhook_retry_initial_s: float = Field(
+        default=5.0, gt=0, description="First retry after a failed delivery; doubles each time"
+    )
+    webhook_retry_max_s: float = Field(
+        default=600.0, gt=0, description="Longest wait between two delivery attempts"
+    )
+    webhook_give_up_attempts: int = Field(
+        default=12, ge=1, le=1000, description="Attempts before a notice becomes a dead letter"
+    )
+    webhook_give_up_s: float = Field(
+        default=86400.0, gt=0, description="Or seconds since the event, whichever comes first"
+    )
     # HTTP behind a proxy, and its limits (service/http_edge.py, service/body_limit.py).
     trusted_proxies: StrList = Field(
         default_factory=list,
@@ -483,6 +513,44 @@ class Settings(BaseSettings):
         if self.show_patient_data and self.read_access == "open":
             raise ValueError("show_patient_data needs read_access 'token' or 'loopback'")
         return self
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, values: list[str]) -> list[str]:
+        for value in values:
+            url = urlsplit(value.strip())
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"webhook_urls: {value!r} is not an http:// or https:// URL")
+            if url.username is not None or url.password is not None:
+                raise ValueError("webhook_urls: no user or password in a URL; use webhook_secret")
+        return [value.strip() for value in values]
+
+    @model_validator(mode="after")
+    def _webhooks(self) -> Settings:
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError("set webhook_secret or webhook_secret_file, not both")
+        if self.webhook_urls and self.webhook_secret is None and self.webhook_secret_file is None:
+            raise ValueError("webhook_urls needs webhook_secret or webhook_secret_file")
+        if self.webhook_urls and len(self.webhook_key()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the webhook secret needs at least {MIN_TOKEN_LENGTH} characters")
+        if self.webhook_retry_initial_s > self.webhook_retry_max_s:
+            raise ValueError("webhook_retry_initial_s must not exceed webhook_retry_max_s")
+        return self
+
+    def webhook_key(self) -> bytes:
+        """The HMAC key: webhook_secret, or the first line of webhook_secret_file (b"": none)."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value().encode("utf-8")
+        if self.webhook_secret_file is None:
+            return b""
+        try:
+            text = self.webhook_secret_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"webhook_secret_file: cannot read {self.webhook_secret_file}: {exc}"
+            ) from exc
+        lines = text.splitlines()
+        return lines[0].strip().encode("utf-8") if lines else b""
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -213,6 +213,11 @@ def run_job(ctx: WorkerContext, job: Job) -> bool:
             # For the study view and the exam SR (service/exams.py): no second read of the SR.
             "lesions": [lesion_view(lesion) for lesion in results.segmentation.lesions],
             "references": results.references,
+            # Named in the webhook bodies of this job (service/store/records.py).
+            "model": {
+                "name": ctx.options.provenance.model_name,
+                "version": ctx.options.provenance.model_version,
+            },
         },
     )
     log.info(

@@ -7,32 +7,15 @@ one exception is ``JobOut.timings``: raw epoch seconds and durations, as stored.
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
-from fractions import Fraction
-from typing import Any, Literal, overload
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
 from service.stats import ALL_STAGES, StageLatency, stage_durations, stage_end_times
-from service.store import Association, Commitment, Job, JobEvent, JobState
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@overload
-def utc(ts: float) -> datetime: ...
-@overload
-def utc(ts: None) -> None: ...
-def utc(ts: float | None) -> datetime | None:
-    """The store's epoch seconds as an aware UTC datetime (None stays None).
-
-    Cut down to the microsecond, not rounded, so that a time read back from the API
-    and passed as ``since`` still includes the job, and as ``until`` excludes it.
-    """
-    if ts is None:
-        return None
-    return _EPOCH + timedelta(microseconds=math.floor(Fraction(ts) * 1_000_000))
+from service.store import Association, Commitment, Job, JobEvent, JobState, Notice, NoticeState
+from service.times import utc
 
 
 class JobOut(BaseModel):
@@ -403,3 +386,40 @@ class StudyPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class WebhookNoticeOut(BaseModel):
+    """A webhook notice (README "Webhooks"); the receiver by origin only (a path may hold
+    its token)."""
+
+    id: int
+    delivery_id: str = Field(description="X-Mammoseg-Delivery of every attempt")
+    event: str = Field(description="job.done, job.failed or exam.complete")
+    receiver: str = Field(description="Scheme, host and port of the URL")
+    job_id: int | None
+    state: NoticeState
+    attempts: int
+    last_error: str = Field(description="Why the last attempt failed (status or exception)")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, notice: Notice) -> WebhookNoticeOut:
+        parts = urlsplit(notice.url)
+        return cls(
+            id=notice.id,
+            delivery_id=notice.delivery_id,
+            event=notice.event,
+            receiver=f"{parts.scheme}://{parts.netloc}",
+            job_id=notice.job_id,
+            state=notice.state,
+            attempts=notice.attempts,
+            last_error=notice.last_error,
+            created_at=utc(notice.created_at),
+            updated_at=utc(notice.updated_at),
+        )
+
+
+class DeadLettersOut(BaseModel):
+    counts: dict[str, int] = Field(description="Notices by state: PENDING, DELIVERED, DEAD")
+    items: list[WebhookNoticeOut] = Field(description="Dead letters, newest first")

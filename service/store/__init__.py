@@ -16,6 +16,8 @@
 ``store.exams``     :class:`Exams` (exams.py)    one row per study, the exam SR's job
 ``store.commitments`` :class:`JobCommitments`    storage commitment requests and reports,
                     (commitments.py)             COMMIT_PENDING -> DONE
+``store.notices``   :class:`WebhookNotices`      webhook notices: notify, claim, settle,
+                    (notices.py)                 dead letters (service/webhooks.py sends)
 ==================  ===========================  ==========================================
 
 The values they pass (jobs, states, events, errors) are in records.py; the
@@ -27,6 +29,7 @@ is common to both. The schema is owned by Alembic (service/migrations).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from service.db import Database, DatabaseError, Pool
@@ -36,9 +39,11 @@ from service.store.claims import JobQueue
 from service.store.commitments import JobCommitments
 from service.store.exams import Exams
 from service.store.housekeeping import Housekeeping
+from service.store.notices import WebhookNotices
 from service.store.reads import JobReads
 from service.store.records import (
     ASSOCIATION_OUTCOMES,
+    EXAM_COMPLETE,
     OPEN,
     QUARANTINE_PREFIX,
     QUARANTINE_REASON,
@@ -56,11 +61,15 @@ from service.store.records import (
     JobNotFound,
     JobState,
     NewJob,
+    Notice,
+    NoticeNotFound,
+    NoticeState,
     Outcome,
     StoreError,
 )
 
 __all__ = [
+    "EXAM_COMPLETE",
     "ASSOCIATION_OUTCOMES",
     "OPEN",
     "QUARANTINE_PREFIX",
@@ -87,8 +96,12 @@ __all__ = [
     "JobState",
     "JobStore",
     "NewJob",
+    "Notice",
+    "NoticeNotFound",
+    "NoticeState",
     "Outcome",
     "StoreError",
+    "WebhookNotices",
 ]
 
 
@@ -98,10 +111,17 @@ class JobStore:
     ``database`` is a :class:`service.db.Database` (SQLite or PostgreSQL) or,
     for the embedded default and tests, the path of an SQLite file. Every role
     borrows connections from the one pool; all are safe to use from any thread.
+    ``webhook_urls``: the receivers a job's DONE or FAILED is told to (notices
+    written with the change, sent by service/webhooks.py); none, no notices.
     """
 
     def __init__(
-        self, database: Database | Path, *, quarantine_after: int = 3, pool_size: int = 5
+        self,
+        database: Database | Path,
+        *,
+        quarantine_after: int = 3,
+        pool_size: int = 5,
+        webhook_urls: Sequence[str] = (),
     ) -> None:
         if quarantine_after < 1:
             raise ValueError(f"quarantine_after must be at least 1, got {quarantine_after}")
@@ -114,7 +134,10 @@ class JobStore:
                 conn.execute("SELECT 1")
         except DatabaseError as exc:
             raise StoreError(f"cannot open the job store: {exc}") from exc
-        self.queue = JobQueue(self.pool, quarantine_after=quarantine_after)
+        self.queue = JobQueue(
+            self.pool, quarantine_after=quarantine_after, webhook_urls=webhook_urls
+        )
+        self.notices = WebhookNotices(self.pool, webhook_urls)
         self.admin = JobAdmin(self.pool)
         self.audit = AssociationAudit(self.pool)
         self.reads = JobReads(self.pool)

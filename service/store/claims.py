@@ -22,11 +22,14 @@ poison pill cannot bring the node down in a loop.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.db import Connection, Pool, Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.db import Connection, DatabaseError, Pool, Row
 from service.store.records import (
     OPEN,
     QUARANTINE_REASON,
@@ -37,7 +40,17 @@ from service.store.records import (
     StoreError,
     row_to_job,
 )
-from service.store.sql import add_counters, add_event, add_note, count, exam_arrival, get_job
+from service.store.sql import (
+    add_counters,
+    add_event,
+    add_job_notices,
+    add_note,
+    count,
+    exam_arrival,
+    get_job,
+)
+
+log = logging.getLogger(__name__)
 
 _OPEN_STATES = [s.value for s in OPEN]
 _OPEN_FOR_UID = (
@@ -49,11 +62,35 @@ _OPEN_FOR_UID = (
 class JobQueue:
     """Admit, claim, update and recover jobs (the SCP, workers and sender)."""
 
-    def __init__(self, pool: Pool, *, quarantine_after: int = 3) -> None:
+    def __init__(
+        self, pool: Pool, *, quarantine_after: int = 3, webhook_urls: Sequence[str] = ()
+    ) -> None:
         if quarantine_after < 1:
             raise ValueError(f"quarantine_after must be at least 1, got {quarantine_after}")
         self.pool = pool
         self.quarantine_after = quarantine_after
+        self.webhook_urls = tuple(webhook_urls)
+
+    def _finished(self, conn: Connection, job_id: int, state: JobState, now: float) -> None:
+        """DONE or FAILED: the webhook notices, in the job's transaction (README "Webhooks").
+
+        Inside a savepoint: a notice that cannot be written is logged and counted
+        (``webhooks.insert_failed``), and the job's own change still commits.
+        """
+        if not self.webhook_urls or state not in (JobState.DONE, JobState.FAILED):
+            return
+        try:
+            with conn.raw.begin_nested():
+                add_job_notices(conn, job_id, state, now, self.webhook_urls)
+        except (DatabaseError, SQLAlchemyError) as exc:
+            log.error(
+                "job %d %s: its webhook notice cannot be written: %s",
+                job_id,
+                state.value,
+                exc,
+                extra={"event": "webhook_insert_failed", "job_id": job_id},
+            )
+            add_counters(conn, {"webhooks.insert_failed": 1})
 
     def add(self, new: NewJob, *, now: float | None = None) -> tuple[int, bool]:
         """Commit a job for a received instance; returns (job id, created).
@@ -228,6 +265,7 @@ class JobQueue:
             cur = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = :id", params)
             if state is not None and cur.rowcount:
                 add_event(conn, job_id, state, now, reason or "")
+                self._finished(conn, job_id, state, now)
 
     def heartbeat(self, job_ids: Sequence[int], owner: str, *, now: float | None = None) -> int:
         """Mark the claims ``owner`` still holds as alive; returns how many it holds.
@@ -332,6 +370,7 @@ class JobQueue:
                                 },
                             )
                             add_event(conn, job_id, JobState.FAILED, now, reason)
+                            self._finished(conn, job_id, JobState.FAILED, now)
                             counts["quarantined"] += 1
                             continue
                         conn.execute(

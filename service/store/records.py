@@ -7,12 +7,13 @@ write them. A job's life is drawn in docs/architecture.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
 from service.db import Row
+from service.times import iso_utc
 
 
 class StoreError(Exception):
@@ -21,6 +22,10 @@ class StoreError(Exception):
 
 class JobNotFound(LookupError):
     """No job has this id."""
+
+
+class NoticeNotFound(LookupError):
+    """No webhook notice has this id."""
 
 
 class JobConflict(Exception):
@@ -235,6 +240,76 @@ def row_to_exam(row: Row) -> Exam:
 
 #: Outcomes of an association in the audit table.
 ASSOCIATION_OUTCOMES = ("open", "released", "aborted", "rejected")
+
+
+#: The webhook events (README "Webhooks"): a job reached DONE or FAILED; every instance
+#: of an exam is finished (emitted by the code that knows the exam, via ``store.notices.notify``).
+JOB_DONE = "job.done"
+JOB_FAILED = "job.failed"
+EXAM_COMPLETE = "exam.complete"
+WEBHOOK_EVENTS = (JOB_DONE, JOB_FAILED, EXAM_COMPLETE)
+#: The job states that raise an event, and which.
+STATE_EVENTS = {"DONE": JOB_DONE, "FAILED": JOB_FAILED}
+
+
+class NoticeState(StrEnum):
+    """A webhook notice: waiting to be sent (or retried), sent, or given up (a dead letter)."""
+
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    DEAD = "DEAD"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One event for one receiver URL; ``body`` is the exact JSON text sent (and signed)."""
+
+    id: int
+    delivery_id: str
+    event: str
+    url: str
+    job_id: int | None
+    body: str
+    state: NoticeState
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    last_error: str
+
+
+def job_notice_body(job: Job, event: str, at: float) -> dict[str, Any]:
+    """What a receiver learns of a job that finished: identifiers, never patient data.
+
+    UIDs, the state and (FAILED) the reason, the result objects by kind, the model that made
+    them (None when the job failed before it ran), the time in ISO 8601 UTC. No name, ID,
+    birth date or Accession Number: those stay in the node (docs/security.md).
+    """
+    uids = job.results.get("uids") or {}
+    model = job.results.get("model")
+    return {
+        "event": event,
+        "job_id": job.id,
+        "state": job.state.value,
+        "reason": job.reason if job.state is JobState.FAILED else None,
+        "sop_instance_uid": job.sop_instance_uid,
+        "study_instance_uid": job.study_instance_uid,
+        "series_instance_uid": job.series_instance_uid,
+        "results": [{"kind": kind, "sop_instance_uid": uid} for kind, uid in sorted(uids.items())],
+        "model": model if isinstance(model, dict) else None,
+        "time": iso_utc(at),
+    }
+
+
+def event_body(event: str, payload: Mapping[str, Any], at: float) -> dict[str, Any]:
+    """The body of an event other code raises: its payload, the event and the time."""
+    return {**payload, "event": event, "time": iso_utc(at)}
+
+
+def row_to_notice(row: Row) -> Notice:
+    values = dict(row)
+    values["state"] = NoticeState(values["state"])
+    return Notice(**values)
 
 
 # The schema lives in Alembic migrations: service/migrations/versions/.

@@ -6,11 +6,21 @@ Each takes the borrowed connection of the caller's transaction
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.db import Connection
-from service.store.records import Job, JobFilter, JobState, row_to_job
+from service.store.records import (
+    STATE_EVENTS,
+    Job,
+    JobFilter,
+    JobState,
+    NoticeState,
+    job_notice_body,
+    row_to_job,
+)
 
 
 def count(conn: Connection, query: str, params: Mapping[str, Any] | None = None) -> int:
@@ -29,6 +39,52 @@ def add_event(conn: Connection, job_id: int, state: JobState, at: float, detail:
     conn.execute(
         "INSERT INTO job_events (job_id, at, state, detail) VALUES (:job, :at, :state, :detail)",
         {"job": job_id, "at": at, "state": state.value, "detail": detail},
+    )
+
+
+def add_notices(
+    conn: Connection,
+    *,
+    event: str,
+    body: Mapping[str, Any],
+    urls: Sequence[str],
+    at: float,
+    job_id: int | None = None,
+) -> int:
+    """One PENDING webhook notice per receiver URL, due now; returns how many.
+
+    Written in the caller's transaction, so a notice exists exactly when its event
+    does; the sender (service/webhooks.py) delivers it later.
+    """
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    for url in urls:
+        conn.execute(
+            "INSERT INTO webhook_notices (delivery_id, event, url, job_id, body, state, "
+            "attempts, created_at, updated_at, next_attempt_at, last_error) VALUES "
+            "(:delivery, :event, :url, :job, :body, :state, 0, :at, :at, :at, '')",
+            {
+                "delivery": str(uuid.uuid4()),
+                "event": event,
+                "url": url,
+                "job": job_id,
+                "body": text,
+                "state": NoticeState.PENDING.value,
+                "at": at,
+            },
+        )
+    return len(urls)
+
+
+def add_job_notices(
+    conn: Connection, job_id: int, state: JobState, at: float, urls: Sequence[str]
+) -> int:
+    """The webhook notices of a job that has just become DONE or FAILED (0 otherwise)."""
+    event = STATE_EVENTS.get(state.value)
+    job = get_job(conn, job_id) if event and urls else None
+    if event is None or job is None:
+        return 0
+    return add_notices(
+        conn, event=event, body=job_notice_body(job, event, at), urls=urls, at=at, job_id=job_id
     )
 
 

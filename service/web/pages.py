@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from service.access import SESSION_COOKIE, AccessPolicy, Role, session_value
 from service.api.deps import Caller, CallerDep, NodeDep, NodeState, readiness
 from service.api.jobs import BULK_RETRY_MAX, existing_job, job_detail
-from service.api.schemas import JobOut
+from service.api.schemas import JobOut, WebhookNoticeOut
 from service.api.segment import read_upload, result_out, run_segmentation, upload_limit
 from service.api.studies import study_detail, study_page
 from service.api.system import compute_stats, destination_list, model_info
@@ -245,6 +245,9 @@ def destinations_page(request: Request, node: NodeDep, caller: PageDep) -> Respo
         caller,
         destinations=destination_list(node),
         ae_title=node.settings.ae_title,
+        webhooks=[WebhookNoticeOut.of(n) for n in node.store.notices.dead_letters(limit=50)],
+        webhook_counts=node.store.notices.counts(),
+        webhook_receivers=len(node.settings.webhook_urls),
     )
 
 

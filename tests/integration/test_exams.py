@@ -7,6 +7,7 @@ view is missing, passes dciodvfy, reaches the peer, and the hook is called once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from service.store import ExamState, JobState
 from service.testkit.synthetic import Mass
 from tests.dicom_validation import assert_valid_dicom
 from tests.http_node import VIEWER, Peer, mammogram, node_state, running_node, send, wait_for
+from tests.webhook_receiver import SECRET, receiver, verified
 
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 
@@ -107,7 +109,12 @@ def test_four_views_one_exam_sr_both_breasts(
     tmp_path: Path, peer: Peer, hooks: list[dict[str, Any]]
 ) -> None:
     study_uid = generate_uid()
-    with running_node(tmp_path, peer, exam_stable_s=600) as node:
+    with (
+        receiver([200]) as told,
+        running_node(
+            tmp_path, peer, exam_stable_s=600, webhook_urls=[told.url], webhook_secret=SECRET
+        ) as node,
+    ):
         # Out of order: MLOs first, right before left.
         images = study(VIEWS, study_uid=study_uid)
         assert send(node, images[3], images[1]) == [0, 0]
@@ -142,6 +149,18 @@ def test_four_views_one_exam_sr_both_breasts(
             assert hooks[0]["breasts"][side]["lesion_count"] == found[side]
             assert hooks[0]["breasts"][side]["mass_found"] is (found[side] > 0)
         assert "PatientName" not in str(hooks[0]) and "Synthetic" not in str(hooks[0])
+        # The webhook receivers are told too, signed, with the hook's payload.
+        exam_notices = wait_for(
+            lambda: [
+                body
+                for body in (verified(call) for call in told.calls)
+                if body["event"] == "exam.complete"
+            ]
+        )
+        assert len(exam_notices) == 1
+        assert exam_notices[0]["exam_sr_uid"] == exam.sr_uid
+        assert exam_notices[0]["breasts"] == hooks[0]["breasts"]
+        assert images[0].PatientID not in json.dumps(exam_notices[0])
         sr = pydicom.dcmread(job.path)
         assert sr.StudyInstanceUID == study_uid
         assert sr.PatientID == images[0].PatientID

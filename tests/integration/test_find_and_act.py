@@ -501,5 +501,5 @@ def test_the_migration_and_the_search_on_postgres(tmp_path: Path) -> None:
             version = conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone()
         pool.dispose()
         assert {"jobs_accession", "jobs_study", "jobs_sop"} <= indexes
-        assert version is not None and version[0] == "0007"
+        assert version is not None and version[0] == "0008"
         assert store.reads.get(a).accession_number == "A100"  # type: ignore[union-attr]

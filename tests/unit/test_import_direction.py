@@ -49,6 +49,7 @@ SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
         "service.imaging",
         "service.migrations",
         "service.faults",  # the test-only decoder fault (os.abort), armed by the wiring
+        "service.times",  # ISO 8601 UTC for the API and the webhook bodies
     ),
     (  # 1 engines: model, database, the audit trail's files and syslog
         "service.inference",
@@ -64,6 +65,7 @@ SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
         "service.worker",
         "service.exams",  # exam state, the study view and the exam SR
         "service.retention",
+        "service.webhooks",  # serve's webhook sender
         "service.supervisor",  # serve's worker processes
     ),
     (  # 4 HTTP and the configuration check
@@ -221,7 +223,7 @@ def test_the_imaging_layer_imports_only_arrays_and_the_contract() -> None:
 
 
 #: The job store's roles (service/store/): each is changed on its own, so none imports another.
-STORE_ROLES = ("claims", "admin", "audit", "reads", "housekeeping")
+STORE_ROLES = ("claims", "admin", "audit", "reads", "housekeeping", "notices")
 STORE_SHARED = ("service.db", "service.store.records", "service.store.sql")
 
 

@@ -269,9 +269,10 @@ def test_a_store_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     conn.close()
     store = JobStore(path)
     check = sqlite3.connect(path)
-    assert check.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0007"
+    assert check.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0008"
     tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "schema_version" not in tables and {"job_events", "associations"} <= tables
+    assert "schema_version" not in tables
+    assert {"job_events", "associations", "webhook_notices"} <= tables
     assert store.reads.get(1).sop_instance_uid == "1.2.3"  # type: ignore[union-attr]
     store.audit.opened("assoc-a", "PACS", "127.0.0.1")
     assert store.audit.list()[1] == 1
