@@ -129,8 +129,11 @@ class StudyView:
 
 def study_view(store: JobStore, study_uid: str) -> StudyView | None:
     """The study's exam row and image jobs, grouped by view; None when nothing is known."""
-    exam = store.exams.get(study_uid)
-    jobs = store.exams.images(study_uid)
+    return grouped(study_uid, store.exams.get(study_uid), store.exams.images(study_uid))
+
+
+def grouped(study_uid: str, exam: Exam | None, jobs: list[Job]) -> StudyView | None:
+    """A study's exam row and image jobs (newest per instance) as its view; None if neither."""
     if exam is None and not jobs:
         return None
     views: dict[str, list[Job]] = {slot: [] for slot in STANDARD_VIEWS}

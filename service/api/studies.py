@@ -24,7 +24,7 @@ from service.api.schemas import (
     StudyViewJob,
     utc,
 )
-from service.exams import StudyView, study_view, view_of_job
+from service.exams import StudyView, grouped, study_view, view_of_job
 from service.store import ExamState, Job
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
@@ -109,9 +109,11 @@ def study_page(
         states = tuple(ExamState(n) for n in names)
     exams, total = node.store.exams.find(states=states, limit=limit, offset=offset)
     patient_data = caller.may_see_patient_data(node.settings)
+    # One query for the jobs of the whole page, not one per study.
+    jobs = node.store.exams.images_of([exam.study_instance_uid for exam in exams])
     items = []
     for exam in exams:
-        view = study_view(node.store, exam.study_instance_uid)
+        view = grouped(exam.study_instance_uid, exam, jobs.get(exam.study_instance_uid, []))
         if view is not None:
             items.append(study_out(view, patient_data=patient_data))
     return StudyPage(items=items, total=total, limit=limit, offset=offset)

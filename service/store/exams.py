@@ -73,17 +73,23 @@ class Exams:
 
     def images(self, study_uid: str) -> builtins.list[Job]:
         """The image jobs of a study: the newest job of each SOP Instance UID, oldest first."""
+        return self.images_of([study_uid]).get(study_uid, [])
+
+    def images_of(self, study_uids: Sequence[str]) -> dict[str, builtins.list[Job]]:
+        """:meth:`images` of several studies in one query (a page of the study list)."""
+        if not study_uids:
+            return {}
         with self.pool.read() as conn:
             rows = conn.execute(
-                "SELECT * FROM jobs WHERE study_instance_uid = :study AND kind = 'image' "
+                "SELECT * FROM jobs WHERE study_instance_uid IN :studies AND kind = 'image' "
                 "ORDER BY id DESC",
-                {"study": study_uid},
+                {"studies": list(study_uids)},
             ).fetchall()
-        newest: dict[str, Job] = {}
+        newest: dict[str, dict[str, Job]] = {}
         for row in rows:
             job = row_to_job(row)
-            newest.setdefault(job.sop_instance_uid, job)
-        return sorted(newest.values(), key=lambda j: j.id)
+            newest.setdefault(job.study_instance_uid, {}).setdefault(job.sop_instance_uid, job)
+        return {study: sorted(jobs.values(), key=lambda j: j.id) for study, jobs in newest.items()}
 
     def complete(
         self, study_uid: str, version: int, trigger: str, *, now: float | None = None

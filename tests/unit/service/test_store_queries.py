@@ -277,3 +277,23 @@ def test_a_store_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     store.audit.opened("assoc-a", "PACS", "127.0.0.1")
     assert store.audit.list()[1] == 1
     assert store.is_writable()
+
+
+def test_image_jobs_of_several_studies_at_once(store: JobStore) -> None:
+    def add(uid: str, study: str, view: str) -> int:
+        job = new_job(uid)
+        job_id, _ = store.queue.add(
+            NewJob(
+                **{**vars(job), "study_instance_uid": study, "laterality": "L", "image_view": view}
+            )
+        )
+        return job_id
+
+    a_cc, a_mlo, b_cc = add("1.1", "9.1", "CC"), add("1.2", "9.1", "MLO"), add("2.1", "9.2", "CC")
+    by_study = store.exams.images_of(["9.1", "9.2", "9.3"])
+    assert {s: [j.id for j in jobs] for s, jobs in by_study.items()} == {
+        "9.1": [a_cc, a_mlo],
+        "9.2": [b_cc],
+    }
+    assert by_study["9.1"] == store.exams.images("9.1")
+    assert store.exams.images_of([]) == {} and store.exams.images("9.3") == []
