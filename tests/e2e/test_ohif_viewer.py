@@ -10,13 +10,15 @@ viewer's own state, never a sleep:
   segmentation with the segment "Mass", drawn over the MG: red pixels appear in the
   viewport (none before) around where the lesion's box lies on the canvas;
 - the SR, put into the viewport, is hydrated (prompts are off in the config) into one
-  Length measurement per lesion on the MG, its length the SR's long axis.
+  Length measurement per lesion on the MG, its length the SR's long axis, and the
+  measurement panel lists them (finding "Mass", the length, site "Breast").
 
 Screenshots go to ``test-artifacts/ohif/`` (git-ignored); their path is printed.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -100,6 +102,14 @@ MEASUREMENTS = """(count) => {
     length: m.data ? Object.values(m.data).map(d => d && d.length).find(x => x) : null,
   }));
   return found.length >= count ? found : null;
+}"""
+
+
+#: The measurement panel's rows (text), once it lists ``count`` of them, each with a length.
+PANEL_ROWS = """(count) => {
+  const rows = Array.from(document.querySelectorAll('[data-cy^="measurement-table-row-"]'))
+    .map(r => r.innerText);
+  return rows.length >= count && rows.every(r => /\\d+\\.\\d+ /.test(r)) ? rows : null;
 }"""
 
 
@@ -229,6 +239,10 @@ def test_ohif_draws_the_seg_and_lists_the_sr_lengths(study_with_results, tmp_pat
             )
             page.screenshot(path=str(shots / "3-sr.png"))
             total = time.monotonic() - started
+            page.click('[data-cy="trackedMeasurements-btn"]')  # the measurement panel
+            rows = page.wait_for_function(PANEL_ROWS, arg=len(expected), timeout=WAIT_MS)
+            rows = rows.json_value()
+            page.screenshot(path=str(shots / "4-panel.png"))
         finally:
             if page is not None:
                 page.screenshot(path=str(shots / "last.png"))
@@ -240,7 +254,7 @@ def test_ohif_draws_the_seg_and_lists_the_sr_lengths(study_with_results, tmp_pat
     print(
         f"OHIF {OHIF_VERSION}: SEG drawn {seg_seconds:.1f} s, SR hydrated {total:.1f} s after"
         f" the page opened; segmentations {segmentations}; measurements {measurements};"
-        f" red pixels before/after the SEG {len(before.red)}/{len(after.red)};"
+        f" panel rows {rows}; red pixels before/after the SEG {len(before.red)}/{len(after.red)};"
         f" console errors {len(errors)}; proxy errors {viewer.proxy_errors}"
     )
 
@@ -258,6 +272,16 @@ def test_ohif_draws_the_seg_and_lists_the_sr_lengths(study_with_results, tmp_pat
         assert measurement["sop"] == source.SOPInstanceUID
         # The viewer measures the line itself: within a pixel of the SR's value
         assert measurement["length"] == pytest.approx(value, abs=0.15)
+    # ... and listed in the measurement panel: finding "Mass", its length, site "Breast".
+    # The unit is cornerstone's reading of the MG's calibration, not of our objects: "mm",
+    # or in some runs "px ERMF" (this synthetic MG has Pixel Spacing = Imager Pixel Spacing,
+    # calibration GEOMETRY, which cornerstone warns about): the number is what is checked.
+    assert len(rows) == len(expected)
+    for row, value in zip(rows, sorted(expected, reverse=True), strict=True):
+        lines = row.split("\n")
+        assert "Mass" in lines and "Breast" in lines, row
+        shown = [float(m[1]) for line in lines if (m := re.match(r"^(\d+\.\d+) \S", line))]
+        assert shown and shown[0] == pytest.approx(value, abs=0.15), row
     assert viewer.proxy_errors == []
 
 
