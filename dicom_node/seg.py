@@ -69,6 +69,9 @@ from dicom_node.spacing import pixel_spacing
 DEFAULT_SEG_SERIES_DESCRIPTION: Final = "AI mass segmentation (not for diagnostic use)"
 SEGMENT_NUMBER: Final = 1
 SEGMENT_LABEL: Final = "Mass"
+#: Recommended Display CIELab Value (PS3.3 C.8.20.2): red, sRGB (255, 0, 0), as the SC's
+#: overlay draws the mass. Viewers (OHIF) otherwise pick a colour of their own and say so.
+DISPLAY_COLOR: Final = hd.color.CIELabColor(53.24, 80.09, 67.2)
 SEG_CONTENT_LABEL: Final = "MAMMOSEG"
 SEG_CONTENT_DESCRIPTION: Final = "AI mass segmentation"
 MASS: Final[Code] = codes.SCT.Mass  # SCT 4147007
@@ -123,6 +126,7 @@ def build_segmentation(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_identification(provenance),
         anatomic_regions=[anatomic_region],
+        display_color=DISPLAY_COLOR,
     )
     with highdicom_errors(SegmentationError, "the SEG from this source"):
         seg = hd.seg.Segmentation(

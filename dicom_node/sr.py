@@ -8,7 +8,8 @@ with highdicom and validated by dciodvfy.  Its content tree:
   name, serial number and a stable UID), procedure reported "Mammography";
 - per lesion (a connected component of the mask above the minimum area,
   ``service.imaging.lesions``), two measurement groups sharing one
-  tracking identifier ("Mass 1", ...) and tracking UID (TID 4108):
+  tracking identifier ("Mass 1", ...) and tracking UID (TID 4108), and a
+  third for viewers:
 
   1. TID 1410 Planar ROI referencing the SEG's "Mass" segment frame and the
      source image (Referenced Segmentation Frame + Source image for
@@ -18,11 +19,18 @@ with highdicom and validated by dciodvfy.  Its content tree:
   2. TID 1410 Planar ROI whose region is the lesion's bounding box drawn on
      the source image (SCOORD POLYLINE, closed rectangle on pixel edges,
      geometric purpose SCT 75958009 "Bounded by", CID 219), with its Width
-     (SCT 103355008) and Height (DCM 121207).
+     (SCT 103355008) and Height (DCM 121207);
+  3. TID 1501 with the Long axis again, inferred from (TID 300/320) its line on
+     the source image: a SCOORD POLYLINE of two points, the ends of the
+     Feret diameter.  OHIF 3 rebuilds only its own tools from an SR, found by
+     the Tracking Identifier (``Cornerstone3DTools@^0.1.0:Length...``) and a
+     SCOORD under the group's first NUM; so this group has that identifier
+     and its own tracking UID, and OHIF shows it as a length (its Planar ROI
+     siblings cannot carry a SCOORD under a NUM: TID 1419).
 
   All lesions lie in the one "Mass" segment of the SEG (the SEG has a single
   segment, see :mod:`dicom_node.seg`): the tracking identifier and the box
-  tell them apart.  Both groups carry finding type Mass, finding category
+  tell them apart.  All three groups carry finding type Mass, finding category
   "Morphologically abnormal structure", finding site Breast with laterality
   and the algorithm (TID 4019: model name and version).
 - "no mass found" is recorded as such: one TID 1501 group for the source
@@ -112,6 +120,9 @@ LENGTH_DECIMALS: Final = 2
 PROBABILITY_DECIMALS: Final = 3
 NO_MASS_IDENTIFIER: Final = "No mass"
 LESION_IDENTIFIER: Final = "Mass {number}"
+#: The long-axis line's group: Cornerstone3D's tag and tool first (what OHIF 3's SR
+#: hydration matches, by prefix), then the lesion it measures.
+LONG_AXIS_IDENTIFIER: Final = "Cornerstone3DTools@^0.1.0:Length:Mass {number}"
 
 
 class _Box(Protocol):
@@ -154,6 +165,8 @@ class Lesion(Protocol):
     def width_mm(self) -> float | None: ...
     @property
     def mean_probability(self) -> float: ...
+    @property
+    def long_axis(self) -> tuple[tuple[float, float], tuple[float, float]] | None: ...
 
 
 class ReportError(DerivedObjectError):
@@ -285,8 +298,11 @@ def _lesion_groups(
     segmentation: Dataset,
     provenance: Provenance,
     context: _Context,
-) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The segment group and the bounding-box group of one lesion (TID 1410 twice)."""
+) -> list[
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+]:
+    """The segment group, the bounding-box group (TID 1410 twice) and the long-axis group."""
     tracking_uid = provenance.derived_uid(source, f"sr.lesion.{lesion.number}.tracking")
     identifier = LESION_IDENTIFIER.format(number=lesion.number)
     method = SPACING_METHODS[spacing.source if spacing else None]
@@ -339,7 +355,52 @@ def _lesion_groups(
         ],
         **common,  # type: ignore[arg-type]
     )
-    return [segment, bounding_box]
+    return [segment, bounding_box, _long_axis_group(source, lesion, spacing, provenance, common)]
+
+
+def _long_axis_group(
+    source: Dataset,
+    lesion: Lesion,
+    spacing: PixelSpacing | None,
+    provenance: Provenance,
+    common: dict[str, Any],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the largest diameter again, inferred from its line on the source image.
+
+    TID 300 lets a measurement name the coordinates it was inferred from (TID 320):
+    a 2-point POLYLINE between the ends of the diameter, in (column, row) on pixel
+    edges. A viewer that only rebuilds its own tools from an SR (OHIF 3, whose
+    Cornerstone adapters look for the tool in the Tracking Identifier and then for a
+    SCOORD under the group's first NUM) draws it as a length measurement: the
+    identifier names its Length tool, so the group has a tracking UID of its own.
+    """
+    if lesion.long_axis is None:
+        raise ReportError(f"lesion {lesion.number} was measured without its long axis")
+    (row_a, col_a), (row_b, col_b) = lesion.long_axis
+    line = np.array([[col_a, row_a], [col_b, row_b]], dtype=np.float64)
+    diameter = _values(lesion, spacing)[1]
+    method = SPACING_METHODS[spacing.source if spacing else None]
+    long_axis = hd.sr.Measurement(
+        name=LONG_AXIS,
+        value=round(float(diameter), LENGTH_DECIMALS),
+        unit=MILLIMETRE if spacing else PIXELS,
+        method=method,
+        referenced_coordinates=[
+            hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=line,
+                source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+            )
+        ],
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            identifier=LONG_AXIS_IDENTIFIER.format(number=lesion.number),
+            uid=provenance.derived_uid(source, f"sr.lesion.{lesion.number}.long-axis.tracking"),
+        ),
+        measurements=[long_axis],
+        **common,
+    )
 
 
 def _values(lesion: Lesion, spacing: PixelSpacing | None) -> tuple[float, float, float, float]:

@@ -33,6 +33,7 @@ from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION
 from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION
 from dicom_node.tls import DEFAULT_TLS_CIPHERS, check_ciphers
 from dicom_node.uids import is_valid_uid_root
+from service.viewer_link import DEFAULT_VIEWER_URL_TEMPLATE, check_viewer_url_template
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "mammoseg-mnv2-resunet.onnx"
 # pydicom's registered root; sites should configure their own (deploy/README.md).
@@ -390,6 +391,13 @@ class Settings(BaseSettings):
     exam_sr_series_number: int = Field(
         default=9904, ge=1, le=2**31 - 1, description="Series number of the exam SR"
     )
+    # Viewer (README "Viewing results in OHIF"): the job page links the study in a viewer.
+    viewer_url_template: str = Field(
+        default=DEFAULT_VIEWER_URL_TEMPLATE,
+        max_length=2000,
+        description="The job page's 'open in viewer' link: an http(s) URL with {study_uid}, "
+        "{series_uid}, {sop_uid} (the received image's); empty: no link",
+    )
     # Audit trail (issue 12; service/audit_trail.py, docs/security.md "Audit trail"): DICOM
     # audit messages (PS3.15 A.5), one file per UTC day under audit_dir, kept for
     # retention_audit_days; optionally also sent to a syslog server over TLS (RFC 5425).
@@ -513,6 +521,14 @@ class Settings(BaseSettings):
         if self.show_patient_data and self.read_access == "open":
             raise ValueError("show_patient_data needs read_access 'token' or 'loopback'")
         return self
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer_url_template(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            check_viewer_url_template(value)
+        return value
 
     @field_validator("webhook_urls")
     @classmethod

@@ -9,7 +9,8 @@ pixels and, given the row and column spacing, in mm:
 - largest diameter: the maximum Feret diameter, the longest distance between
   two points of the lesion taken as the union of its pixel squares, found on
   the convex hull of the pixel corners of each row's outermost pixels (the
-  hull of a union of squares is the hull of their corners);
+  hull of a union of squares is the hull of their corners); its two ends are kept
+  (``long_axis``: the SR draws the diameter as a line);
 - bounding box: the half-open pixel box [top, bottom) x [left, right) of the
   matrix, and its height and width;
 - centroid (row, column, pixel centres) and the mean and maximum probability.
@@ -65,6 +66,11 @@ class Lesion:
     centroid_col: float
     mean_probability: float
     max_probability: float
+    #: The two ends of the largest diameter, (row, column) on pixel edges of the source
+    #: matrix (pixel (r, c) covers [r, r+1) x [c, c+1)): the pair that gives
+    #: ``diameter_mm`` when there is a spacing, else ``diameter_px``. None only for a
+    #: lesion made elsewhere (tests) without it.
+    long_axis: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.number < 1 or self.pixel_count < 1:
@@ -367,13 +373,16 @@ def _lesions(found: list[_Candidate], spacing_mm: tuple[float, float] | None) ->
     for number, item in enumerate(found, start=1):
         bbox = item.box
         hull = _hull_of_sorted(_row_extreme_corners(item.region))
+        diameter_px, ends_px = _hull_extremes(hull, 1.0, 1.0)
+        diameter_mm, ends_mm = _hull_extremes(hull, row_mm, column_mm)
+        (a_row, a_col), (b_row, b_col) = ends_mm if spacing_mm else ends_px
         lesions.append(
             Lesion(
                 number=number,
                 pixel_count=item.size,
                 area_mm2=item.size * row_mm * column_mm if spacing_mm else None,
-                diameter_px=_hull_diameter(hull, 1.0, 1.0),
-                diameter_mm=_hull_diameter(hull, row_mm, column_mm) if spacing_mm else None,
+                diameter_px=diameter_px,
+                diameter_mm=diameter_mm if spacing_mm else None,
                 bbox=bbox,
                 height_mm=bbox.height * row_mm if spacing_mm else None,
                 width_mm=bbox.width * column_mm if spacing_mm else None,
@@ -381,6 +390,10 @@ def _lesions(found: list[_Candidate], spacing_mm: tuple[float, float] | None) ->
                 centroid_col=item.centroid[1],
                 mean_probability=min(1.0, max(0.0, item.mean)),
                 max_probability=min(1.0, max(0.0, item.peak)),
+                long_axis=(
+                    (bbox.top + a_row, bbox.left + a_col),
+                    (bbox.top + b_row, bbox.left + b_col),
+                ),
             )
         )
     return tuple(lesions)
@@ -510,13 +523,28 @@ def max_feret_diameter(points: np.ndarray, row_mm: float, column_mm: float) -> f
 
 def _hull_diameter(hull: np.ndarray, row_mm: float, column_mm: float) -> float:
     """Longest distance between two vertices of ``hull`` (row, column), scaled to mm."""
+    return _hull_extremes(hull, row_mm, column_mm)[0]
+
+
+def _hull_extremes(
+    hull: np.ndarray, row_mm: float, column_mm: float
+) -> tuple[float, tuple[tuple[float, float], tuple[float, float]]]:
+    """:func:`_hull_diameter` and the two vertices (row, column, unscaled) at its ends."""
     if len(hull) < 2:
-        return 0.0
+        point = (float(hull[0][0]), float(hull[0][1])) if len(hull) else (0.0, 0.0)
+        return 0.0, (point, point)
     scaled = hull * np.array([row_mm, column_mm])
-    longest = 0.0
+    longest, ends = -1.0, (0, 0)
     # Chunks keep memory flat for the (rare) hull with thousands of vertices.
     for start in range(0, len(scaled), 512):
         block = scaled[start : start + 512]
         deltas = block[:, None, :] - scaled[None, :, :]
-        longest = max(longest, float(np.sqrt((deltas**2).sum(axis=2).max())))
-    return longest
+        squared = (deltas**2).sum(axis=2)
+        i, j = np.unravel_index(int(np.argmax(squared)), squared.shape)
+        if float(squared[i, j]) > longest:
+            longest, ends = float(squared[i, j]), (start + int(i), int(j))
+    first, second = hull[ends[0]], hull[ends[1]]
+    return math.sqrt(longest), (
+        (float(first[0]), float(first[1])),
+        (float(second[0]), float(second[1])),
+    )

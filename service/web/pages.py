@@ -26,6 +26,7 @@ from service.api.segment import read_upload, result_out, run_segmentation, uploa
 from service.api.studies import study_detail, study_page
 from service.api.system import compute_stats, destination_list, model_info
 from service.store import Job, JobFilter, JobState
+from service.viewer_link import viewer_url
 from service.web.charts import latency_chart, throughput_chart
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -211,7 +212,14 @@ def jobs_fragment(request: Request, node: NodeDep, caller: PageDep) -> Response:
 
 def _job(node: NodeState, job_id: int, caller: Caller) -> dict[str, Any]:
     job = existing_job(node, job_id)
-    return {"job": job_detail(node, job, caller)}
+    detail = job_detail(node, job, caller)
+    link = viewer_url(
+        node.settings.viewer_url_template,
+        study_uid=detail.study_instance_uid,
+        series_uid=detail.series_instance_uid,
+        sop_uid=detail.sop_instance_uid,
+    )
+    return {"job": detail, "viewer_url": link}
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

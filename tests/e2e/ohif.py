@@ -121,6 +121,8 @@ def app_config(origin: str) -> str:
         "investigationalUseDialog": {"option": "never"},
         # Load a SEG or SR into the viewport without asking first (a test has no one to click)
         "disableConfirmationPrompts": True,
+        # ... and hydrate an SR into measurements without asking (only "standard" asks)
+        "measurementTrackingMode": "simplified",
         "defaultDataSourceName": "orthanc",
         "dataSources": [source],
     }

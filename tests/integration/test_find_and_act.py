@@ -400,6 +400,34 @@ def test_job_page_links_the_result_files(tmp_path: Path) -> None:
     assert "data-download" not in client.get(f"/jobs/{job}").text
 
 
+def test_job_page_opens_the_study_in_a_viewer(tmp_path: Path) -> None:
+    """viewer_url_template: the default is OHIF's route with the study; empty: no link."""
+    client = client_for(tmp_path / "default")
+    job = add(store_of(client), "1.1", study="1.2.3.4")
+    client.post("/login", data={"token": VIEWER, "next": "/"})
+    links = re.findall(
+        r'<a href="([^"]+)"[^>]*data-viewer-link>open in viewer</a>',
+        client.get(f"/jobs/{job}").text,
+    )
+    assert links == ["http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3.4"]
+
+    template = "https://pacs.example.org/ohif/viewer?StudyInstanceUIDs={study_uid}&amp;x={sop_uid}"
+    custom = client_for(tmp_path / "custom", viewer_url_template=template.replace("&amp;", "&"))
+    job = add(store_of(custom), "9.8.7", study="1.2.3.4")
+    custom.post("/login", data={"token": VIEWER, "next": "/"})
+    page = custom.get(f"/jobs/{job}").text
+    assert (
+        'href="https://pacs.example.org/ohif/viewer?StudyInstanceUIDs=1.2.3.4&amp;x=9.8.7"' in page
+    )
+
+    off = client_for(tmp_path / "off", viewer_url_template="")
+    job = add(store_of(off), "1.1", study="1.2.3.4")
+    off.post("/login", data={"token": VIEWER, "next": "/"})
+    page = off.get(f"/jobs/{job}").text
+    assert "data-study-link" in page  # the page itself is there
+    assert "data-viewer-link" not in page and "open in viewer" not in page
+
+
 # -- failure reasons ------------------------------------------------------
 def test_status_meanings() -> None:
     assert describe(0xA700) == "0xA700 out of resources"

@@ -50,6 +50,7 @@ SERVICE_LAYERS: tuple[tuple[str, ...], ...] = (
         "service.migrations",
         "service.faults",  # the test-only decoder fault (os.abort), armed by the wiring
         "service.times",  # ISO 8601 UTC for the API and the webhook bodies
+        "service.viewer_link",  # the job page's viewer link from viewer_url_template
     ),
     (  # 1 engines: model, database, the audit trail's files and syslog
         "service.inference",

@@ -175,6 +175,9 @@ def test_segment_description_codes_and_algorithm(tmp_path: Path) -> None:
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
     assert seg.ManufacturerModelName == "HybridNet"
     assert list(seg.PatientOrientation) == ["P", "FL"]
+    # Red, as the SC overlay draws it (viewers otherwise pick their own colour)
+    lab = [int(v) for v in segment.RecommendedDisplayCIELabValue]
+    assert lab[0] > 30000 and lab[1] > 0x8000 and lab[2] > 0x8000
     assert assert_valid_dicom(path) == []
 
 

@@ -302,3 +302,45 @@ def test_sr_reads_back_with_pydicom(tmp_path: Path) -> None:
     path, _, _, _ = made(tmp_path, source)
     ds = pydicom.dcmread(path)
     assert ds.Modality == "SR" and ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_each_lesion_has_a_long_axis_line_a_viewer_can_rebuild(tmp_path: Path) -> None:
+    """TID 1501 per lesion: Long axis INFERRED FROM a 2-point SCOORD on the source.
+
+    What OHIF 3's SR hydration reads (its Length tool): the tool in the Tracking
+    Identifier, the SCOORD under the group's first (here only) NUM.
+    """
+    source = synthetic_mammogram(masses=MASSES, pixel_spacing_mm=(0.1, 0.05), seed=2, **SMALL)
+    path, sr, lesions, _ = made(tmp_path, source)
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == len(lesions) == 2
+    box_uids = {g.tracking_uid for g in sr.content.get_planar_roi_measurement_groups()}
+    for lesion, group in zip(lesions, groups, strict=True):
+        assert group.tracking_identifier == (
+            f"Cornerstone3DTools@^0.1.0:Length:Mass {lesion.number}"
+        )
+        assert group.tracking_uid not in box_uids
+        assert group.finding_type == codes.SCT.Mass
+        (num,) = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+        long_axis = measurement(group, codes.SCT.LongAxis)
+        assert long_axis.value == pytest.approx(lesion.diameter_mm, abs=0.005)
+        (scoord,) = [item for item in num.ContentSequence if item.ValueType == "SCOORD"]
+        assert scoord.RelationshipType == "INFERRED FROM"
+        assert scoord.GraphicType == "POLYLINE"
+        (col_a, row_a), (col_b, row_b) = np.reshape(scoord.GraphicData, (2, 2))
+        drawn = np.hypot((row_a - row_b) * 0.1, (col_a - col_b) * 0.05)
+        assert drawn == pytest.approx(lesion.diameter_mm, abs=1e-6)
+        box = lesion.bbox
+        assert box.left <= min(col_a, col_b) and max(col_a, col_b) <= box.right
+        assert box.top <= min(row_a, row_b) and max(row_a, row_b) <= box.bottom
+        (image,) = scoord.ContentSequence
+        assert image.RelationshipType == "SELECTED FROM"
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert all(LOCAL_SCHEME in warning for warning in assert_valid_dicom(path))
+
+
+def test_no_mass_report_has_no_long_axis_group(tmp_path: Path) -> None:
+    source = synthetic_mammogram(masses=(), seed=2, **SMALL)
+    _, sr, _, _ = made(tmp_path, source, masses=())
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.tracking_identifier == "No mass"

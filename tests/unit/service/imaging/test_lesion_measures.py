@@ -218,3 +218,19 @@ def test_mask_dice() -> None:
     a[0, :2] = True
     b[0, 1:3] = True
     assert mask_dice(a, b) == pytest.approx(0.5)
+
+
+def test_long_axis_ends_are_the_diameter_on_pixel_edges() -> None:
+    mask = np.zeros((12, 12), bool)
+    mask[3:5, 2:9] = True  # rows 3-4, columns 2-8: corners (3, 2) and (5, 9)
+    for spacing in ((1.0, 1.0), (0.5, 2.0), None):
+        (lesion,) = measure_lesions(mask, probability_of(mask), spacing_mm=spacing)
+        assert lesion.long_axis is not None
+        (row_a, col_a), (row_b, col_b) = lesion.long_axis
+        row_mm, col_mm = spacing or (1.0, 1.0)
+        length = math.hypot((row_a - row_b) * row_mm, (col_a - col_b) * col_mm)
+        assert length == pytest.approx(lesion.diameter_mm or lesion.diameter_px)
+        assert {(row_a, col_a), (row_b, col_b)} in (
+            {(3.0, 2.0), (5.0, 9.0)},
+            {(5.0, 2.0), (3.0, 9.0)},
+        )
