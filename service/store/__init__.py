@@ -143,7 +143,7 @@ class JobStore:
         self.reads = JobReads(self.pool)
         self.housekeeping = Housekeeping(self.pool)
         self.exams = Exams(self.pool)
-        self.commitments = JobCommitments(self.pool)
+        self.commitments = JobCommitments(self.pool, webhook_urls=webhook_urls)
 
     @property
     def path(self) -> Path:

@@ -59,6 +59,32 @@ _OPEN_FOR_UID = (
 )
 
 
+def finished_notices(
+    conn: Connection, job_id: int, state: JobState, now: float, urls: Sequence[str]
+) -> None:
+    """DONE or FAILED: the webhook notices, in the job's transaction (README "Webhooks").
+
+    Every path that finishes a job calls it (this queue, and store/commitments.py
+    for COMMIT_PENDING -> DONE). Inside a savepoint: a notice that cannot be
+    written is logged and counted (``webhooks.insert_failed``), and the job's own
+    change still commits.
+    """
+    if not urls or state not in (JobState.DONE, JobState.FAILED):
+        return
+    try:
+        with conn.raw.begin_nested():
+            add_job_notices(conn, job_id, state, now, urls)
+    except (DatabaseError, SQLAlchemyError) as exc:
+        log.error(
+            "job %d %s: its webhook notice cannot be written: %s",
+            job_id,
+            state.value,
+            exc,
+            extra={"event": "webhook_insert_failed", "job_id": job_id},
+        )
+        add_counters(conn, {"webhooks.insert_failed": 1})
+
+
 class JobQueue:
     """Admit, claim, update and recover jobs (the SCP, workers and sender)."""
 
@@ -72,25 +98,7 @@ class JobQueue:
         self.webhook_urls = tuple(webhook_urls)
 
     def _finished(self, conn: Connection, job_id: int, state: JobState, now: float) -> None:
-        """DONE or FAILED: the webhook notices, in the job's transaction (README "Webhooks").
-
-        Inside a savepoint: a notice that cannot be written is logged and counted
-        (``webhooks.insert_failed``), and the job's own change still commits.
-        """
-        if not self.webhook_urls or state not in (JobState.DONE, JobState.FAILED):
-            return
-        try:
-            with conn.raw.begin_nested():
-                add_job_notices(conn, job_id, state, now, self.webhook_urls)
-        except (DatabaseError, SQLAlchemyError) as exc:
-            log.error(
-                "job %d %s: its webhook notice cannot be written: %s",
-                job_id,
-                state.value,
-                exc,
-                extra={"event": "webhook_insert_failed", "job_id": job_id},
-            )
-            add_counters(conn, {"webhooks.insert_failed": 1})
+        finished_notices(conn, job_id, state, now, self.webhook_urls)
 
     def add(self, new: NewJob, *, now: float | None = None) -> tuple[int, bool]:
         """Commit a job for a received instance; returns (job id, created).

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from service.db import Connection, Pool
+from service.store.claims import finished_notices
 from service.store.records import Commitment, JobState, row_to_commitment
 from service.store.sql import add_event, add_note, get_job
 
@@ -25,8 +26,10 @@ from service.store.sql import add_event, add_note, get_job
 class JobCommitments:
     """Requests, reports and the COMMIT_PENDING -> DONE transition."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, webhook_urls: Sequence[str] = ()) -> None:
         self.pool = pool
+        #: Told of each job this makes DONE (job.done), as the queue tells them.
+        self.webhook_urls = tuple(webhook_urls)
 
     def requested(
         self,
@@ -144,7 +147,7 @@ class JobCommitments:
                 waiting = _uncommitted(conn, job.id, job.generation, None)
                 if not waiting:
                     detail = f"storage commitment confirmed by {found.destination}"
-                    _finish(conn, job.id, now, detail)
+                    _finish(conn, job.id, now, detail, self.webhook_urls)
                 else:
                     add_note(
                         conn,
@@ -182,7 +185,7 @@ class JobCommitments:
                     if destinations
                     else ""
                 )
-                _finish(conn, job_id, now, detail)
+                _finish(conn, job_id, now, detail, self.webhook_urls)
                 return JobState.DONE
             conn.execute(
                 "UPDATE jobs SET state = :pending, reason = '', next_attempt_at = :due, "
@@ -218,7 +221,9 @@ def _uncommitted(
     return [d for d in dict.fromkeys(wanted) if d not in committed]
 
 
-def _finish(conn: Connection, job_id: int, now: float, detail: str) -> None:
+def _finish(
+    conn: Connection, job_id: int, now: float, detail: str, webhook_urls: Sequence[str]
+) -> None:
     row = conn.execute("SELECT timings FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
     timings = {**(json.loads(row["timings"]) if row else {}), "done_at": now}
     conn.execute(
@@ -227,3 +232,4 @@ def _finish(conn: Connection, job_id: int, now: float, detail: str) -> None:
         {"done": JobState.DONE.value, "now": now, "timings": json.dumps(timings), "id": job_id},
     )
     add_event(conn, job_id, JobState.DONE, now, detail)
+    finished_notices(conn, job_id, JobState.DONE, now, webhook_urls)

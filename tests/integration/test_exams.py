@@ -26,10 +26,9 @@ from service.node import Node
 from service.store import ExamState, JobState
 from service.testkit.synthetic import Mass
 from tests.dicom_validation import assert_valid_dicom
+from tests.exam_reports import VIEWS, evaluations, groups_by_breast, numbers
 from tests.http_node import VIEWER, Peer, mammogram, node_state, running_node, send, wait_for
 from tests.webhook_receiver import SECRET, receiver, verified
-
-VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 
 
 @pytest.fixture
@@ -75,33 +74,6 @@ def written(node: Node, study_uid: str, version: int = 1) -> Any:
         )
 
     return wait_for(check, timeout_s=60)
-
-
-def groups_by_breast(sr: Dataset) -> dict[str, Dataset]:
-    """The TID 1501 groups of the exam SR, by tracking identifier."""
-    found = {}
-    for container in sr.ContentSequence:
-        for group in container.get("ContentSequence", []):
-            for item in group.get("ContentSequence", []):
-                if item.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier":
-                    found[item.TextValue] = group
-    return found
-
-
-def evaluations(group: Dataset) -> list[tuple[str, str]]:
-    return [
-        (item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue)
-        for item in group.ContentSequence
-        if item.ValueType == "CODE"
-    ]
-
-
-def numbers(group: Dataset) -> dict[str, float]:
-    return {
-        item.ConceptNameCodeSequence[0].CodeValue: float(item.MeasuredValueSequence[0].NumericValue)
-        for item in group.ContentSequence
-        if item.ValueType == "NUM"
-    }
 
 
 @pytest.mark.slow
@@ -240,6 +212,7 @@ def test_three_views_written_after_the_stable_time_says_which_is_missing(
         assert send(node, *images) == [0, 0, 0]
         exam = written(node, study_uid)
         assert exam.trigger == "stable"
+        wait_for(lambda: hooks)  # the hook is called just after the exam is marked WRITTEN
         assert hooks[0]["missing_views"] == ["R-MLO"]
         sr = pydicom.dcmread(node.store.reads.get(exam.sr_job_id).path)
         groups = groups_by_breast(sr)

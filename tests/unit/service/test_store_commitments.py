@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from service.store import JobState, JobStore, NewJob
@@ -90,3 +91,41 @@ def test_an_admin_retry_after_a_failed_commitment_stores_and_asks_again(tmp_path
     assert job.state is JobState.RETRYING
     assert job.delivered == ["OTHER@h:2"]  # PACS gets the instances again, OTHER does not
     assert store.commitments.for_job(job_id, 0) == []  # and fresh requests, all attempts
+
+
+def test_done_after_commitment_writes_the_job_done_notice(tmp_path: Path) -> None:
+    # A job made DONE by a commitment report (not by the queue) tells the receivers too.
+    store = JobStore(tmp_path / "jobs.sqlite3", webhook_urls=["http://127.0.0.1:9/hook"])
+    job_id = pending_job(store)
+    assert store.notices.claim_due(lease_s=10) == []  # COMMIT_PENDING raises nothing
+    store.commitments.record("1.2.826.0.1.3680043.8.498.7", failed=0)
+    (notice,) = store.notices.claim_due(lease_s=10)
+    body = json.loads(notice.body)
+    assert (notice.event, body["job_id"], body["state"]) == ("job.done", job_id, "DONE")
+
+
+def test_done_at_settle_writes_the_job_done_notice(tmp_path: Path) -> None:
+    # The report came during the send: settle() itself makes the job DONE.
+    store = JobStore(tmp_path / "jobs.sqlite3", webhook_urls=["http://127.0.0.1:9/hook"])
+    job_id, _ = store.queue.add(
+        NewJob(
+            sop_instance_uid="1.2.4",
+            sop_class_uid="1",
+            study_instance_uid="1",
+            series_instance_uid="1",
+            transfer_syntax_uid="1",
+            calling_ae_title="PACS",
+            association_id="a",
+            path="/spool/1.2.4.dcm",
+        )
+    )
+    store.queue.update(job_id, state=JobState.SENDING, delivered=["PACS@h:1"])
+    uid = "1.2.826.0.1.3680043.8.498.9"
+    store.commitments.requested(
+        job_id, generation=0, destination="PACS@h:1", transaction_uid=uid, instances=3
+    )
+    store.commitments.record(uid, failed=0)
+    state = store.commitments.settle(job_id, generation=0, destinations=["PACS@h:1"], due_at=0)
+    assert state is JobState.DONE
+    (notice,) = store.notices.claim_due(lease_s=10)
+    assert (notice.event, notice.job_id) == ("job.done", job_id)
