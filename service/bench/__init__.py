@@ -9,11 +9,14 @@ Sections (``--sections``, all by default):
   node -> DCMTK storescp; p50/p95 per stage. Also the node's idle RSS.
 - ``throughput``: many images over concurrent associations, images per
   minute; the node's peak RSS; TensorFlow never in its memory map.
-- ``receive``: the node's SCP (store only) against DCMTK storescp.
+- ``growth``: end to end p50 at several image sizes against the pixel count.
+- ``receive``: the node's SCP (store only) against DCMTK storescp, per round.
 - ``profile``: py-spy samples of the node at work (skipped without py-spy).
   The node parts are in :mod:`service.bench.node`.
 
-The machine these run on is usually shared, so nothing here is a timed
+The node's time figures are also given in model-times (ONNX Runtime fp32, batch 1,
+per image, best, measured in the same run: :func:`service.bench.run.model_time`), the
+unit of the targets. The machine these run on is usually shared, so nothing here is a timed
 assertion: each target is reported as met or missed with the measured figure,
 and the date, machine and load average are printed with the table.
 

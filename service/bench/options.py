@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("model", "latency", "throughput", "receive", "profile")
+SECTIONS = ("model", "latency", "throughput", "growth", "receive", "profile")
+#: The cost-growth sizes, rows x columns (issue 14: 1664x2048, 3328x4096, 4096x5120 wide x high).
+GROWTH_SIZES = ((2048, 1664), (4096, 3328), (5120, 4096))
 
 #: ``mammoseg --help``'s line for the command, and the description of ``mammoseg bench --help``.
 HELP = "measure the model, the node end to end, throughput, receive and memory"
@@ -37,6 +39,8 @@ class BenchOptions:
     associations: int = 2
     receive_rounds: int = 2
     profile_images: int = 20
+    growth_images: int = 5
+    growth_sizes: tuple[tuple[int, int], ...] = GROWTH_SIZES
     rows: int = 4096
     columns: int = 3328
     bits_stored: int = 14
@@ -75,6 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--associations", type=int, default=2, help="concurrent storescu senders")
     p.add_argument("--receive-rounds", type=int, default=2, help="alternating receive runs")
     p.add_argument("--profile-images", type=int, default=20, help="images sampled by py-spy")
+    p.add_argument(
+        "--growth-images", type=int, default=5, help="images per size for the cost growth"
+    )
+    p.add_argument(
+        "--growth-sizes",
+        default=",".join(f"{r}x{c}" for r, c in GROWTH_SIZES),
+        help="ROWSxCOLUMNS,... for the cost growth (default: the issue's three sizes)",
+    )
     p.add_argument("--rows", type=int, default=4096, help="image rows (default 4096)")
     p.add_argument("--columns", type=int, default=3328, help="image columns (default 3328)")
     p.add_argument("--bits-stored", type=int, default=14, choices=range(9, 17), metavar="9..16")
@@ -108,12 +120,21 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         "--associations": (args.associations, 1),
         "--receive-rounds": (args.receive_rounds, 1),
         "--profile-images": (args.profile_images, 1),
+        "--growth-images": (args.growth_images, 1),
         "--rows": (args.rows, 64),
         "--columns": (args.columns, 64),
     }
     for flag, (value, least) in counts.items():
         if value < least:
             raise BenchUsageError(f"{flag} must be >= {least}, got {value}")
+    growth_sizes = []
+    for item in str(args.growth_sizes).split(","):
+        match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", item)
+        if match is None or min(int(match[1]), int(match[2])) < 64:
+            raise BenchUsageError(f"--growth-sizes wants ROWSxCOLUMNS (each >= 64), got {item!r}")
+        growth_sizes.append((int(match[1]), int(match[2])))
+    if len(growth_sizes) < 2:
+        raise BenchUsageError("--growth-sizes needs at least two sizes to compare")
     node_env = []
     for item in args.node_env:
         key, sep, value = str(item).partition("=")
@@ -132,6 +153,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         associations=args.associations,
         receive_rounds=args.receive_rounds,
         profile_images=args.profile_images,
+        growth_images=args.growth_images,
+        growth_sizes=tuple(growth_sizes),
         rows=args.rows,
         columns=args.columns,
         bits_stored=args.bits_stored,

@@ -227,6 +227,13 @@ def test_flags_are_parsed_and_checked() -> None:
         bench_options.parse_args(["--node-env", "2WORKERS"])
     with pytest.raises(bench_options.BenchUsageError, match="--latency-images"):
         bench_options.parse_args(["--latency-images", "0"])
+    assert bench_options.parse_args(["--growth-sizes", "256x208, 512x416"]).growth_sizes == (
+        (256, 208),
+        (512, 416),
+    )
+    for bad in ("256x208", "256x208,32x32", "256by208,512x416"):
+        with pytest.raises(bench_options.BenchUsageError, match="--growth-sizes"):
+            bench_options.parse_args(["--growth-sizes", bad])
 
 
 def test_cli_refuses_bad_bench_flags_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -302,6 +309,8 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
             "--throughput-images", "4",
             "--receive-rounds", "1",
             "--profile-images", "2",
+            "--growth-images", "1",
+            "--growth-sizes", "128x104,256x208",
             "--work-dir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
@@ -310,11 +319,26 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert figures["model"]["gflops"] == pytest.approx(2 * 64 * 64 * 81 / 1e9)
     assert figures["model"]["ort_vs_bound_b1"] > 0
     assert len(figures["latency"]["per_image"]) == 2
+    model_s = figures["model_time_s"]
+    assert model_s == figures["model"]["fp32"][1]["best_s"] > 0
+    latency = figures["latency"]
+    assert latency["p50_model_times"] == pytest.approx(latency["p50_s"] / model_s)
+    assert 0 < latency["build_share"] < 1
+    assert figures["cold_start"]["ready_s"] > 0 and figures["cold_start"]["first_image_s"] > 0
     assert figures["throughput"]["per_minute"] > 0
+    throughput = figures["throughput"]
+    assert throughput["seconds_per_image_model_times"] == pytest.approx(
+        throughput["seconds_per_image"] / model_s
+    )
+    assert [(g["rows"], g["columns"]) for g in figures["growth"]] == [(128, 104), (256, 208)]
+    assert figures["growth"][0]["p50_ratio"] == 1.0
+    assert figures["growth"][1]["pixels_ratio"] == pytest.approx(4.0)
     assert figures["receive"]["ratio"] > 0
+    assert len(figures["receive"]["round_ratios"]) == 1
     assert figures["memory"]["peak_rss_mb"] >= figures["memory"]["idle_rss_mb"] > 0
     assert figures["memory"]["tensorflow_mapped"] == []
     text = bench_report.render(report)
     assert "skipped: no Keras weights" in text
     assert "skipped: no INT8 model" in text
     assert "not run" not in text
+    assert "model-times" in text and "cost growth" in text and "cold start" in text
