@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +63,63 @@ class Prediction:
         return self.probability_map.full()
 
 
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; else nothing)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 class Segmenter:
-    """A loaded model whose contract has been checked; thread-safe ``predict``."""
+    """A loaded model whose contract has been checked; thread-safe ``predict``.
+
+    :meth:`unload` drops the ONNX Runtime session until the next ``predict``, which
+    opens it again (the same file, checked by its hash): ``serve`` with worker
+    processes segments only for the upload doors, so it keeps the contract and
+    not the session's ~80 MB (issue 14, memory).
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, contract: ModelContract, path: Path, sha256: str
+        self,
+        session: ort.InferenceSession,
+        contract: ModelContract,
+        path: Path,
+        sha256: str,
+        *,
+        threads: int = 0,
     ) -> None:
-        self.session = session
+        self._session: ort.InferenceSession | None = session
+        self._lock = threading.Lock()
+        self.threads = threads
         self.contract = contract
         self.path = path
         self.sha256 = sha256
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session, opened again if :meth:`unload` dropped it."""
+        with self._lock:
+            if self._session is None:
+                if not self.path.is_file() or file_sha256(self.path) != self.sha256:
+                    raise ContractError(
+                        f"model file {self.path} changed since start-up; restart the node"
+                    )
+                self._session = _open_session(self.path, self.threads)
+                log.info("model session opened again (sha256 %s)", self.sha256[:12])
+            return self._session
+
+    def unload(self) -> None:
+        """Drop the session (and trim the heap) until the next ``predict``."""
+        with self._lock:
+            self._session = None
+        trim_heap()
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Probability of "mass" for each pixel of a display-ready [0, 1] image.
@@ -148,14 +198,8 @@ def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
     """Load an ONNX model and check it against its own contract; raise ContractError if not."""
     if not path.is_file():
         raise ContractError(f"model file {path} does not exist")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = _open_session(path, threads)
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ContractError(f"model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
     contract = contract_of(session, path)
@@ -172,4 +216,12 @@ def load_segmenter(path: Path, *, threads: int = 0) -> Segmenter:
     log.info(
         "model %s %s loaded (sha256 %s)", contract.model_name, contract.model_version, sha[:12]
     )
-    return Segmenter(session, contract, path, sha)
+    return Segmenter(session, contract, path, sha, threads=threads)
+
+
+def _open_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -492,10 +492,14 @@ def start_worker_processes(
     upload page segment in this process, and ``/api/v1/model`` and ``/readyz``
     report it. Loading it here first also checks the contract (and the TLS
     destinations) before any child starts, so a bad model stops start-up with
-    exit status 3 instead of a child restarting in a loop.
+    exit status 3 instead of a child restarting in a loop. The session is then
+    dropped and opened again on the first upload (``Segmenter.unload``): the
+    images of the DICOM door never need it in this process.
     """
     check_destinations(settings.destination_list)
     segmenter = load_segmenter(settings.model_path, threads=settings.inference_threads)
+    # Checked; its session is opened again only when an upload asks for it.
+    segmenter.unload()
     processes = WorkerProcesses(
         settings, store, run_worker_process, count=settings.worker_processes
     )

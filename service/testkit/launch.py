@@ -101,6 +101,17 @@ class NodeProcess:
             total += int(match.group(1)) if match else 0
         return total
 
+    def reset_peak(self) -> bool:
+        """Start VmHWM afresh in each of the node's processes (``/proc/PID/clear_refs``,
+        value 5, Linux 4.0+), so a later VmHWM is the peak since now; False if refused."""
+        done = True
+        for pid in process_tree(self.pid):
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                done = False
+        return done
+
     def tensorflow_mapped(self) -> list[str]:
         """Shared objects of TensorFlow in the node's processes' memory (empty: never loaded)."""
         found: set[str] = set()

@@ -59,3 +59,21 @@ def test_input_size_mismatch_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="does not exist"):
         load_segmenter(tmp_path / "nope.onnx")
+
+
+def test_an_unloaded_session_opens_again_for_the_same_file_only(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "tiny.onnx")
+    segmenter = load_segmenter(model)
+    image = np.zeros((128, 128), dtype=np.float32)
+    image[40:80, 40:80] = 1.0
+    before = segmenter.predict(image).probability
+    segmenter.unload()
+    assert not segmenter.loaded
+    again = segmenter.predict(image).probability
+    assert segmenter.loaded
+    np.testing.assert_array_equal(before, again)
+    # Another file under the same name is not opened in its place.
+    segmenter.unload()
+    write_tiny_model(model, level=0.9)
+    with pytest.raises(ContractError, match="changed since start-up"):
+        segmenter.predict(image)
