@@ -200,6 +200,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument(
         "--int8-calibration", default="minmax", choices=["minmax", "percentile", "entropy"]
     )
+    p.add_argument(
+        "--int8-fp32-head",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the first N convolutions (and what precedes them) in fp32",
+    )
+    p.add_argument(
+        "--int8-fp32-tail",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the last N convolutions (and what follows them) in fp32",
+    )
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -377,6 +391,8 @@ def _run_export(args: argparse.Namespace) -> int:
         calibration_images=args.calibration_images,
         int8_min_dice=args.int8_min_dice,
         int8_calibration=args.int8_calibration,
+        int8_fp32_head=args.int8_fp32_head,
+        int8_fp32_tail=args.int8_fp32_tail,
     )
     report = export_model(args.model, args.out, options, data=args.data)
     return EXIT_FAILED if report.int8_refused else EXIT_OK

@@ -105,6 +105,36 @@ def test_int8_keeps_the_contract(tiny_model: object, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]
 
 
+def test_an_fp32_tail_keeps_the_last_convolutions_unquantized(
+    tiny_model: object, tmp_path: Path
+) -> None:
+    import onnx
+
+    contract = export.make_contract(tiny_model, OPTIONS)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(export.convert_to_onnx(tiny_model, contract), str(fp32))
+    nodes = list(onnx.load(str(fp32)).graph.node)
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    tail = export.fp32_tail(fp32, 2)
+    assert tail[0] == convs[-2] and tail[-1] == nodes[-1].name
+    assert export.fp32_tail(fp32, 0) == [] and export.fp32_tail(fp32, 999)[0] == convs[0]
+    head = export.fp32_head(fp32, 1)
+    assert head[-1] == convs[0] and head[0] == nodes[0].name
+    assert export.fp32_head(fp32, 999)[-1] == convs[-1]
+    calibration = np.random.default_rng(1).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+    int8 = export.quantize_int8(
+        fp32, tmp_path / "int8.onnx", calibration, contract, exclude_nodes=tail
+    )
+    quantized = onnx.load(str(int8)).graph
+    # The kept convolutions read fp32 weights: no DequantizeLinear feeds their weights.
+    dequantized = {n.output[0] for n in quantized.node if n.op_type == "DequantizeLinear"}
+    kept = [n for n in quantized.node if n.op_type == "Conv" and n.name in tail]
+    assert len(kept) == 2
+    assert all(n.input[1] not in dequantized for n in kept)
+    first = next(n for n in quantized.node if n.op_type == "Conv" and n.name == convs[0])
+    assert first.input[1] in dequantized
+
+
 def test_int8_below_the_dice_floor_is_refused(
     tiny_keras_file: Path, pair_tree: Path, tmp_path: Path
 ) -> None:
