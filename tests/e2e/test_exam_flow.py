@@ -7,8 +7,9 @@ SEG, SC and SR per image back with ``?commit=1`` and each job is DONE only once
 Orthanc committed them (Storage Commitment, 2); the exam SR (series 9904) follows
 into the same study, lists both breasts and passes dciodvfy (5); the webhook
 receiver got a signed ``job.done`` per image and one ``exam.complete``, none with
-patient data (6). The marked point (3) is where the lead adds the OHIF viewer check
-(Orthanc and its DICOMweb root are still up there). The same four files sent by
+patient data (6). OHIF 3.13 opens the study on Orthanc's DICOMweb root and shows the
+L-CC view's SEG and its SR's measurements (3, :mod:`tests.e2e.ohif_check`; screenshots in
+``test-artifacts/ohif/exam-flow/``). The same four files sent by
 STOW-RS to a second, fresh node (own data folder, same model) give the same results
 (4): the same result SOP Instance UIDs (derived, dicom_node/provenance.py), the same
 SEG pixels and the same SR measurements, the exam SR included.
@@ -31,6 +32,8 @@ from service.testkit.launch import NodeProcess, running_node
 from service.testkit.synthetic import Mass, synthetic_mammogram, write
 from tests.conftest import free_port
 from tests.dicom_validation import assert_valid_dicom, dciodvfy_available
+from tests.e2e.ohif import ROOT
+from tests.e2e.ohif_check import check_in_ohif, need_browser
 from tests.e2e.peers import (
     Orthanc,
     need,
@@ -54,6 +57,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STOW = "stow-token-exam-flow-0123456789"
 EXAM_SR_SERIES = 9904
+OHIF_ARTIFACTS = ROOT / "test-artifacts" / "ohif" / "exam-flow"
 #: A mass in every view (so each image has a SEG); the left ones larger.
 MASSES = {
     ("L", "CC"): Mass(row=256, col=150, radius=40),
@@ -78,6 +82,7 @@ def need_tools() -> None:
     need("storescp", "dcmtk")
     if not dciodvfy_available():
         pytest.skip("dciodvfy is not installed (Debian package dicom3tools)")
+    need_browser()  # Chromium and playwright, for the OHIF check (3)
 
 
 def four_views(study_uid: str) -> list[Dataset]:
@@ -252,10 +257,24 @@ def test_four_view_exam_through_orthanc_commitment_webhooks_and_stow(tmp_path: P
             assert value not in raw, "patient data in a webhook body"
         assert_no_patient_data(node.log_text(), images[0])
 
-        # (3) OHIF: the lead adds the viewer check here
-        ohif_target = {"study_uid": study_uid, "dicomweb_url": f"{pacs.url}/dicom-web"}
-        qido = pacs.get(f"/dicom-web/studies?StudyInstanceUID={ohif_target['study_uid']}")
+        # (3) OHIF on Orthanc's DICOMweb root: the L-CC view's SEG drawn, its SR's lengths
+        # listed, display sets picked by SOP Instance UID among all views' (exam SR too).
+        qido = pacs.get(f"/dicom-web/studies?StudyInstanceUID={study_uid}")
         assert [s["00201208"]["Value"][0] for s in qido] == [len(expected)]
+        (lcc,) = [j for j in image_jobs if (j["laterality"], j["view"]) == ("L", "CC")]
+        viewer = check_in_ohif(
+            f"{pacs.url}/dicom-web",
+            study_uid,
+            lcc["sop_instance_uid"],
+            study[lcc["result_uids"]["seg"]],
+            study[lcc["result_uids"]["sr"]],
+            OHIF_ARTIFACTS,
+        )
+        assert {m: viewer.display_sets.get(m) for m in ("MG", "SEG", "SR")} == {
+            "MG": 4,
+            "SEG": 4,
+            "SR": 5,
+        }
 
         # (4) The second node's results (STOW-RS in, C-STORE out): the same objects.
         jobs2 = wait_until(lambda: finished_jobs(node2, 5), 300, "node 2's five jobs", 0.5)
