@@ -398,32 +398,28 @@ def quantize_int8(
 def fp32_head(model_path: str | Path, convolutions: int) -> list[str]:
     """Names of the nodes up to and including the ``convolutions``-th Conv (graph order):
     the encoder's first layers, kept fp32 by ``--int8-fp32-head``. On model 0.4.0 these are
-    what INT8 gets wrong (docs/real-data/README.md: the first 12 keep the masks at 0.98)."""
-    import onnx
-
-    if convolutions <= 0:
+    what INT8 gets wrong (the model card: the first 12 keep the masks at 0.98)."""
+    nodes, convs = _nodes_and_convolutions(model_path)
+    if convolutions <= 0 or not convs:
         return []
-    nodes = list(onnx.load(str(model_path)).graph.node)
-    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    if not convs:
-        return []
-    end = convs[min(convolutions, len(convs)) - 1]
-    return [n.name for n in nodes[: end + 1]]
+    return [n.name for n in nodes[: convs[min(convolutions, len(convs)) - 1] + 1]]
 
 
 def fp32_tail(model_path: str | Path, convolutions: int) -> list[str]:
     """Names of the last ``convolutions`` Conv nodes and every node after the first of them
     (in graph order): the decoder's end, kept fp32 by ``--int8-fp32-tail``."""
+    nodes, convs = _nodes_and_convolutions(model_path)
+    if convolutions <= 0 or not convs:
+        return []
+    return [n.name for n in nodes[convs[-min(convolutions, len(convs))] :]]
+
+
+def _nodes_and_convolutions(model_path: str | Path) -> tuple[list[Any], list[int]]:
+    """The graph's nodes in order, and the positions of its Conv nodes."""
     import onnx
 
-    if convolutions <= 0:
-        return []
     nodes = list(onnx.load(str(model_path)).graph.node)
-    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    if not convs:
-        return []
-    start = convs[-min(convolutions, len(convs))]
-    return [n.name for n in nodes[start:]]
+    return nodes, [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
 
 
 def _time_per_image(session: Any, image: np.ndarray, repeats: int = 5) -> float:

@@ -28,9 +28,10 @@ from dicom_node.scp import ScpConfig, StorageSCP
 from dicom_node.scu import Destination
 from dicom_node.status import Status
 from service.node import commitment_sink
-from service.store import JobState, JobStore, NewJob
+from service.store import JobState, JobStore
 from service.testkit.synthetic import synthetic_mammogram, write
 from service.worker import CommitPolicy, RetryPolicy, WorkerContext, deliver
+from tests import store_jobs
 from tests.conftest import free_port
 
 MG = DigitalMammographyXRayImageStorageForPresentation
@@ -184,21 +185,14 @@ def context(store: JobStore, pacs: FakePacs, **commit: Any) -> WorkerContext:
 
 
 def sending_job(store: JobStore, files: list[Path]) -> int:
-    job_id, _ = store.queue.add(
-        NewJob(
-            sop_instance_uid="1.2.3",
-            sop_class_uid=MG,
-            study_instance_uid="1.2",
-            series_instance_uid="1.2.4",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            calling_ae_title="PACS",
-            association_id="a",
-            path="/spool/1.2.3.dcm",
-        )
+    return store_jobs.sending_job(
+        store,
+        files,
+        sop_class_uid=MG,
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.4",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
-    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
-    store.queue.update(job_id, state=JobState.SENDING, results={"files": [str(p) for p in files]})
-    return job_id
 
 
 def state_becomes(store: JobStore, job_id: int, state: JobState, timeout_s: float = 10.0) -> Any:

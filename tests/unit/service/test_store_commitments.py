@@ -6,21 +6,11 @@ import json
 from pathlib import Path
 
 from service.store import JobState, JobStore, NewJob
+from tests.store_jobs import stored_job
 
 
 def pending_job(store: JobStore, uid: str = "1.2.826.0.1.3680043.8.498.7") -> int:
-    job_id, _ = store.queue.add(
-        NewJob(
-            sop_instance_uid="1.2.3",
-            sop_class_uid="1",
-            study_instance_uid="1",
-            series_instance_uid="1",
-            transfer_syntax_uid="1",
-            calling_ae_title="PACS",
-            association_id="a",
-            path="/spool/1.2.3.dcm",
-        )
-    )
+    job_id = stored_job(store)
     store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
     store.queue.update(
         job_id,
@@ -107,18 +97,7 @@ def test_done_after_commitment_writes_the_job_done_notice(tmp_path: Path) -> Non
 def test_done_at_settle_writes_the_job_done_notice(tmp_path: Path) -> None:
     # The report came during the send: settle() itself makes the job DONE.
     store = JobStore(tmp_path / "jobs.sqlite3", webhook_urls=["http://127.0.0.1:9/hook"])
-    job_id, _ = store.queue.add(
-        NewJob(
-            sop_instance_uid="1.2.4",
-            sop_class_uid="1",
-            study_instance_uid="1",
-            series_instance_uid="1",
-            transfer_syntax_uid="1",
-            calling_ae_title="PACS",
-            association_id="a",
-            path="/spool/1.2.4.dcm",
-        )
-    )
+    job_id = stored_job(store, "1.2.4")
     store.queue.update(job_id, state=JobState.SENDING, delivered=["PACS@h:1"])
     uid = "1.2.826.0.1.3680043.8.498.9"
     store.commitments.requested(

@@ -11,8 +11,9 @@ import pytest
 
 from dicom_node.scu import Destination
 from service import worker
-from service.store import JobState, JobStore, NewJob
+from service.store import JobState, JobStore
 from service.worker import Heartbeat, RetryPolicy, WorkerContext, deliver
+from tests.store_jobs import sending_job
 
 
 def context(store: JobStore, heartbeat: Heartbeat | None = None) -> WorkerContext:
@@ -28,24 +29,6 @@ def context(store: JobStore, heartbeat: Heartbeat | None = None) -> WorkerContex
         worker_id="w1",
         heartbeat=heartbeat,
     )
-
-
-def sending_job(store: JobStore, files: list[Path]) -> int:
-    job_id, _ = store.queue.add(
-        NewJob(
-            sop_instance_uid="1.2.3",
-            sop_class_uid="1",
-            study_instance_uid="1",
-            series_instance_uid="1",
-            transfer_syntax_uid="1",
-            calling_ae_title="PACS",
-            association_id="a",
-            path="/spool/1.2.3.dcm",
-        )
-    )
-    store.queue.claim([JobState.RECEIVED], JobState.PROCESSING, owner="w1")
-    store.queue.update(job_id, state=JobState.SENDING, results={"files": [str(p) for p in files]})
-    return job_id
 
 
 @pytest.fixture
