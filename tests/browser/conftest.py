@@ -54,7 +54,10 @@ def artifacts_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the
+# main thread while it is open, and every later sync_playwright() (the OHIF tests) or
+# asyncio.run() in the session would be refused ("Sync API inside the asyncio loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
