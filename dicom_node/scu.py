@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_node.errors import DicomNodeError
@@ -25,6 +25,7 @@ from dicom_node.tls import (
     describe_tls_error,
     tls_context,
 )
+from dicom_node.transport import no_delay_on_open
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def association(
         destination.port,
         ae_title=destination.ae_title,
         tls_args=tls_args,
-        evt_handlers=handlers or None,
+        evt_handlers=[(evt.EVT_CONN_OPEN, no_delay_on_open), *(handlers or [])],
     )
     if not assoc.is_established:
         raise SendError(

@@ -18,6 +18,11 @@ module wraps its server:
   byte of an A-ASSOCIATE-RQ. Only then does it become an association (and count
   towards ``max_associations``); a connection that sends nothing is closed.
   Pending connections are capped in all and per peer address.
+- **No Nagle delay.** Every association socket, accepted here or opened by the SCU
+  (:func:`no_delay`), has ``TCP_NODELAY`` set: pynetdicom writes a DIMSE message as
+  several small sends and then waits for the answer, so with Nagle's algorithm each
+  message waits for the peer's delayed ACK (about 40 ms on Linux; a C-STORE to DCMTK's
+  storescp took 90 ms on loopback whatever its size, 47 ms with it set).
 - **Associations per peer.** An A-ASSOCIATE-RQ from an address that already
   has ``max_associations_per_peer`` associations is rejected: A-ASSOCIATE-RJ,
   rejected-transient, service provider (presentation), local limit exceeded
@@ -313,6 +318,21 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+def no_delay(sock: socket.socket | None) -> None:
+    """Send small writes at once (``TCP_NODELAY``); a socket that is not TCP is left alone."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # closed already: the association fails on its own
+        pass
+
+
+def no_delay_on_open(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: :func:`no_delay` on the association's socket as it connects."""
+    no_delay(getattr(event.assoc.dul.socket, "socket", None))
+
+
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the limits of :class:`ConnectionLimits`."""
 
@@ -333,6 +353,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         """Accept only; the TLS handshake happens in the connection's own thread."""
         listener = cast(socket.socket, self.socket)
         client, address = listener.accept()
+        no_delay(client)
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:

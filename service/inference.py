@@ -7,6 +7,7 @@ import ctypes.util
 import functools
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -61,6 +62,30 @@ class Prediction:
     def probability(self) -> np.ndarray:
         """float32 at the source matrix (a fresh array of its own)."""
         return self.probability_map.full()
+
+
+#: glibc's ``mallopt`` parameter for the number of malloc arenas (malloc.h M_ARENA_MAX).
+_M_ARENA_MAX = -8
+#: Arenas per node process: glibc's default is 8 per core, and each thread that
+#: allocates can keep its own arena's free pages (docs/performance.md, "Memory").
+HEAP_ARENAS = 2
+
+
+def limit_heap_arenas(arenas: int = HEAP_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this process, unless ``MALLOC_ARENA_MAX`` chose already.
+
+    Call it at a process's start, before its threads: the node's association, worker
+    and sender threads otherwise each grow an arena of their own and keep its freed
+    full-size buffers. Returns whether the cap was set (False: not glibc, or the
+    environment variable decides).
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None)
+    return bool(mallopt is not None and mallopt(_M_ARENA_MAX, int(arenas)) == 1)
 
 
 def trim_heap() -> None:

@@ -49,7 +49,7 @@ from service.audit_trail import AuditTrail
 from service.db import Database, DatabaseError
 from service.exams import ExamOptions, ExamWriter, exam_interval
 from service.http_edge import server_config
-from service.inference import Segmenter, load_segmenter
+from service.inference import Segmenter, limit_heap_arenas, load_segmenter
 from service.logs import configure_logging
 from service.pipeline import PipelineOptions
 from service.retention import RetentionSweeper, policy_from
@@ -519,6 +519,7 @@ def run_worker_process(settings: Settings, ready: Any, parent_pid: int) -> None:
     parent is gone (killed), the process stops too.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_heap_arenas()
     configure_logging(settings.log_level, settings.log_format)
     store = open_store(settings, recover=False)
     audit = AuditTrail.from_settings(settings).start()  # its results sent
@@ -583,6 +584,7 @@ class _HttpServer(uvicorn.Server):
 
 def run_worker(settings: Settings) -> None:
     """Workers only (no SCP, no HTTP), for scale-out on a shared store and spool."""
+    limit_heap_arenas()
     if not settings.database_url:
         log.warning("worker without database_url: it shares only this host's SQLite store")
     store = open_store(settings)
@@ -605,6 +607,7 @@ def run_worker(settings: Settings) -> None:
 
 
 def run_node(settings: Settings) -> None:
+    limit_heap_arenas()
     node = start_node(settings)
     app = create_app(
         NodeState(

@@ -18,6 +18,7 @@ is started by :mod:`service.testkit.launch`, the launcher the tests use too.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -53,17 +54,25 @@ class BenchError(RuntimeError):
 class Dcmtk:
     storescu: str
     storescp: str
+    #: The peers' environment: None is ours (DCMTK as installed: Debian's leaves Nagle's
+    #: algorithm on, so each of its DIMSE messages can wait ~40 ms for a delayed ACK).
+    env: dict[str, str] | None = None
 
 
-def find_dcmtk() -> Dcmtk:
-    """DCMTK's storescu and storescp, or a :class:`BenchError` saying how to get them."""
+def find_dcmtk(peers_nodelay: bool = False) -> Dcmtk:
+    """DCMTK's storescu and storescp, or a :class:`BenchError` saying how to get them.
+
+    ``peers_nodelay``: run them with ``TCP_NODELAY=1`` (DCMTK's switch for Nagle's
+    algorithm), so that what the peers wait for their own delayed ACKs is not counted.
+    """
     storescu, storescp = shutil.which("storescu"), shutil.which("storescp")
     if storescu is None or storescp is None:
         raise BenchError(
             "DCMTK is not installed (storescu/storescp not on PATH): "
             "apt-get install dcmtk, or skip with --sections model"
         )
-    return Dcmtk(storescu=storescu, storescp=storescp)
+    env = {**os.environ, "TCP_NODELAY": "1"} if peers_nodelay else None
+    return Dcmtk(storescu=storescu, storescp=storescp, env=env)
 
 
 @contextmanager
@@ -76,6 +85,7 @@ def storescp(tools: Dcmtk, folder: Path, *, aet: str = DEST_AET) -> Iterator[int
             [tools.storescp, "--fork", "-aet", aet, "-od", str(folder), "+xa", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=tools.env,
         )
         try:
             wait_for_port(port, proc, 20, "storescp")
@@ -91,6 +101,7 @@ def send(tools: Dcmtk, port: int, files: Sequence[Path], *, called: str) -> subp
         + [str(f) for f in files],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=tools.env,
     )
 
 

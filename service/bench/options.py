@@ -45,6 +45,7 @@ class BenchOptions:
     columns: int = 3328
     bits_stored: int = 14
     node_env: tuple[tuple[str, str], ...] = ()
+    peers_nodelay: bool = False
     token: str | None = None
     work_dir: Path | None = None
     json_path: Path | None = None
@@ -97,6 +98,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="environment of the node under test (repeatable): a setting such as "
         "MAMMOSEG_WORKERS=2, or e.g. MALLOC_ARENA_MAX=2",
+    )
+    p.add_argument(
+        "--peers-nodelay",
+        action="store_true",
+        help="run DCMTK storescu/storescp with TCP_NODELAY=1: without it (DCMTK as "
+        "installed) each of their messages may wait ~40 ms for a delayed ACK, on their side",
     )
     p.add_argument("--token", help="viewer token if the node's read API needs one")
     p.add_argument("--work-dir", type=Path, help="keep images and logs here (default: temporary)")
@@ -159,6 +166,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         columns=args.columns,
         bits_stored=args.bits_stored,
         node_env=tuple(node_env),
+        peers_nodelay=bool(args.peers_nodelay),
         token=args.token,
         work_dir=args.work_dir,
         json_path=args.json_path,

@@ -356,7 +356,7 @@ def run_node_parts(options: BenchOptions, report: Report, ws: Workspace) -> None
     """Latency, throughput and memory on one node with a storescp destination."""
     from service.bench import node as bn
 
-    tools = bn.find_dcmtk()
+    tools = bn.find_dcmtk(options.peers_nodelay)
     sections = set(options.sections)
     with bn.storescp(tools, ws.root / "destination") as dest_port:
         launched = time.monotonic()
@@ -582,7 +582,7 @@ def run_receive(options: BenchOptions, report: Report, ws: Workspace) -> None:
     """The node (workers parked: store only) against storescp --fork, alternating rounds."""
     from service.bench import node as bn
 
-    tools = bn.find_dcmtk()
+    tools = bn.find_dcmtk(options.peers_nodelay)
     files = ws.load_files[: options.throughput_images]
     node_s: list[float] = []
     dcmtk_s: list[float] = []
@@ -651,7 +651,7 @@ def run_profile(options: BenchOptions, report: Report, ws: Workspace) -> None:
     if bn.py_spy_path() is None:
         report.skip("profile", "skipped: py-spy is not installed (pip install py-spy)")
         return
-    tools = bn.find_dcmtk()
+    tools = bn.find_dcmtk(options.peers_nodelay)
     files = ws.load_files[: options.profile_images]
     work = ws.root / "profile"
     raw = work / "py-spy.txt"
@@ -728,6 +728,12 @@ def run(options: BenchOptions, *, log: Callable[[str], None] = print) -> Report:
         if sections - {"model"}:
             log("bench: one model-time (the unit of the node's figures) ...")
             model_time(options, report)
+            report.notes.append(
+                "DCMTK peers with TCP_NODELAY=1 (--peers-nodelay): their Nagle waits not counted"
+                if options.peers_nodelay
+                else "DCMTK peers as installed (Nagle on: each of their messages may wait ~40 ms "
+                "for a delayed ACK, counted in receive and send; --peers-nodelay turns it off)"
+            )
             log("bench: writing full-size images ...")
             ws = _prepare_images(options, root)
             steps: list[tuple[str, Callable[[BenchOptions, Report, Workspace], None]]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +187,23 @@ def test_dataset_over_the_size_limit_aborts_and_stores_nothing(scp_factory) -> N
     again = associate(scp)  # the node still answers
     assert again.send_c_echo().Status == Status.SUCCESS
     again.release()
+
+
+def _no_delay(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_accepted_association_sockets_send_without_nagle_delay(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    # With Nagle's algorithm each DIMSE answer can wait for the peer's delayed ACK
+    # (docs/performance.md, "No Nagle delay"); the accepted socket must have it off.
+    scp = scp_factory(Sink())
+    assoc = associate(scp)
+    assert assoc.is_established
+    try:
+        assert not _no_delay(assoc.dul.socket.socket)  # pynetdicom's own side: the default
+        guard = scp.guard
+        assert guard is not None
+        (served,) = guard.active_associations
+        assert _no_delay(served.dul.socket.socket)
+    finally:
+        assoc.release()

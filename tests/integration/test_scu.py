@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pydicom
@@ -11,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
 
-from dicom_node.scu import Destination, SendError, echo, send_files
+from dicom_node.scu import Destination, SendError, association, echo, send_files
 from dicom_node.status import Status
 from service.testkit.synthetic import synthetic_mammogram, write
 from tests.conftest import free_port
@@ -81,5 +82,22 @@ def test_echo_succeeds() -> None:
     server, destination = peer([ExplicitVRLittleEndian], [])
     try:
         assert echo(destination, calling_ae="MAMMOSEG") is Status.SUCCESS
+    finally:
+        server.shutdown()
+
+
+def test_the_sender_turns_off_nagle_on_its_association() -> None:
+    # pynetdicom's default socket waits for a delayed ACK before the last small write
+    # of each message: about 40 ms per C-STORE (docs/performance.md, "No Nagle delay").
+    server, destination = peer([ExplicitVRLittleEndian], [])
+    try:
+        assoc = association(
+            destination, "MAMMOSEG", {(str(Verification), str(ImplicitVRLittleEndian))}, 5.0
+        )
+        try:
+            sock = assoc.dul.socket.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            assoc.release()
     finally:
         server.shutdown()

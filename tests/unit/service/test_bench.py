@@ -4,7 +4,9 @@ small smoke run of the whole bench against the tiny model."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from service.bench import report as bench_report
 from service.bench import run as bench_run
 from service.cli import main as cli_main
 from service.testkit.synthetic import ImageSpec, density_map, random_masses, write_mammograms
+from tests.conftest import free_port
 from tests.tiny_model import write_tiny_model
 
 # --------------------------------------------------------------------------- FLOPs
@@ -221,6 +224,8 @@ def test_flags_are_parsed_and_checked() -> None:
     assert options.sections == ("model", "receive")  # always in pipeline order
     assert options.node_env == (("MAMMOSEG_WORKERS", "2"),)
     assert options.thread_count == 1
+    assert not options.peers_nodelay
+    assert bench_options.parse_args(["--peers-nodelay"]).peers_nodelay
     with pytest.raises(bench_options.BenchUsageError, match="--sections"):
         bench_options.parse_args(["--sections", "model,gpu"])
     with pytest.raises(bench_options.BenchUsageError, match="--node-env"):
@@ -293,6 +298,41 @@ def test_density_map_is_seeded_and_in_range() -> None:
 
 @pytest.mark.slow
 @pytest.mark.e2e
+def test_dcmtk_peers_get_tcp_nodelay_only_when_asked(tmp_path: Path) -> None:
+    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+        pytest.skip("DCMTK is not installed (Debian package dcmtk; scripts/test installs it)")
+    bn = bench_node
+    assert bn.find_dcmtk().env is None  # as installed: the environment of the bench
+    tools = bn.find_dcmtk(peers_nodelay=True)
+    assert tools.env is not None and tools.env["TCP_NODELAY"] == "1"
+    # DCMTK reads it: with --debug its tools say they turned Nagle off, else nothing.
+    echoscu = Path(tools.storescu).with_name("echoscu")
+    port = free_port()
+    peer = subprocess.Popen(
+        [tools.storescp, "-od", str(tmp_path), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        bn.wait_for_port(port, peer, 20, "storescp")
+        installed = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        said = {}
+        for name, env in (("off", tools.env), ("as installed", installed)):
+            said[name] = subprocess.run(
+                [str(echoscu), "--debug", "127.0.0.1", str(port)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=30,
+            ).stdout
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)
+    assert "disabling Nagle algorithm as requested at runtime" in said["off"]
+    assert "Nagle" not in said["as installed"]
+
+
 def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         pytest.skip("DCMTK is not installed (Debian package dcmtk; scripts/test installs it)")

@@ -1,3 +1,8 @@
+import ctypes.util
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +82,53 @@ def test_an_unloaded_session_opens_again_for_the_same_file_only(tmp_path: Path) 
     write_tiny_model(model, level=0.9)
     with pytest.raises(ContractError, match="changed since start-up"):
         segmenter.predict(image)
+
+
+_ARENA_PROBE = """
+import ctypes, ctypes.util, sys, threading
+from service.inference import limit_heap_arenas
+capped = limit_heap_arenas(1) if sys.argv[1] == "cap" else None
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+barrier = threading.Barrier(4)
+def grow():
+    barrier.wait()  # all four allocate at once, so each would take an arena of its own
+    for _ in range(200):
+        libc.malloc(4096)
+    barrier.wait()
+threads = [threading.Thread(target=grow) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+fp = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(capped)
+"""
+
+
+@pytest.mark.skipif(
+    not ctypes.util.find_library("c") or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_the_heap_arena_cap_holds_threads_to_the_arenas_it_allows(tmp_path: Path) -> None:
+    def arenas(mode: str, env: dict[str, str]) -> tuple[int, str]:
+        report = tmp_path / f"{mode}.xml"
+        out = subprocess.run(
+            [sys.executable, "-c", _ARENA_PROBE, mode, str(report)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return report.read_text().count("<heap nr="), out
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    free, _ = arenas("free", env)
+    capped, said = arenas("cap", env)
+    assert said == "True"
+    assert capped == 1 < free
+    # An administrator's MALLOC_ARENA_MAX wins: the call leaves it alone.
+    _, said = arenas("cap", {**env, "MALLOC_ARENA_MAX": "4"})
+    assert said == "False"
