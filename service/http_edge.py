@@ -32,9 +32,11 @@ head timeout, keep-alive, the largest head (``h11_max_incomplete_event_size``),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Final
 
 import uvicorn
@@ -287,3 +289,29 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     }
     values.update(overrides)
     return uvicorn.Config(app, **values)
+
+
+class NodeHttpServer(uvicorn.Server):
+    """Uvicorn without its signal re-raise: run_node owns SIGTERM/SIGINT, so the node
+    stops in order (SCP, workers, store) and the process exits 0."""
+
+    #: Called with the signal: the worker processes are no longer restarted from then on
+    #: (systemd's SIGTERM reaches them too, and they stop on their own).
+    on_exit: Callable[[], None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def request_exit(signum: int, frame: object) -> None:
+            log.info("signal %d received: stopping", signum)
+            self.should_exit = True
+            if self.on_exit is not None:
+                self.on_exit()
+
+        previous = {
+            sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

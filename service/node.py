@@ -14,18 +14,15 @@ as threads of this process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from dicom_node.commitment import CommitmentReport
 from dicom_node.digest import dataset_digest
@@ -44,11 +41,9 @@ from dicom_node.spool import remove_partial_files
 from dicom_node.tls import TlsSetupError, normalise_caller_names
 from dicom_node.views import VIEW_KEYWORDS, BreastView, breast_view
 from service import __version__, faults
-from service.app import NodeState, create_app
 from service.audit_trail import AuditTrail
 from service.db import Database, DatabaseError
 from service.exams import ExamOptions, ExamWriter, exam_interval
-from service.http_edge import server_config
 from service.inference import Segmenter, limit_heap_arenas, load_segmenter
 from service.logs import configure_logging
 from service.pipeline import PipelineOptions
@@ -556,32 +551,6 @@ def run_worker_process(settings: Settings, ready: Any, parent_pid: int) -> None:
     log.info("worker process %d stopped", os.getpid())
 
 
-class _HttpServer(uvicorn.Server):
-    """Uvicorn without its signal re-raise: run_node owns SIGTERM/SIGINT, so the node
-    stops in order (SCP, workers, store) and the process exits 0."""
-
-    #: Called with the signal: the worker processes are no longer restarted from then on
-    #: (systemd's SIGTERM reaches them too, and they stop on their own).
-    on_exit: Callable[[], None] | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        def request_exit(signum: int, frame: object) -> None:
-            log.info("signal %d received: stopping", signum)
-            self.should_exit = True
-            if self.on_exit is not None:
-                self.on_exit()
-
-        previous = {
-            sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
 def run_worker(settings: Settings) -> None:
     """Workers only (no SCP, no HTTP), for scale-out on a shared store and spool."""
     limit_heap_arenas()
@@ -607,6 +576,12 @@ def run_worker(settings: Settings) -> None:
 
 
 def run_node(settings: Settings) -> None:
+    # The HTTP side is imported here, not at the top: a worker process (spawned, so it
+    # imports this module) never serves HTTP and does not carry FastAPI, Starlette,
+    # Jinja2 and uvicorn (about 45 MB of RSS; docs/performance.md).
+    from service.app import NodeState, create_app
+    from service.http_edge import NodeHttpServer, server_config
+
     limit_heap_arenas()
     node = start_node(settings)
     app = create_app(
@@ -623,7 +598,7 @@ def run_node(settings: Settings) -> None:
         )
     )
     # Every HTTP limit (head, keep-alive, head size, concurrency, backlog) from the settings.
-    server = _HttpServer(server_config(app, settings))
+    server = NodeHttpServer(server_config(app, settings))
     if node.processes is not None:
         server.on_exit = node.processes.begin_stop
     log.info("HTTP on http://%s:%d", settings.http_host, settings.http_port)

@@ -155,3 +155,14 @@ def test_a_child_stopped_by_someone_else_is_restarted_without_a_crash(tmp_path: 
     assert processes.deaths == [(first, "exit code 0")]
     assert processes.restarts == 1 and second != first
     assert not Path(f"/proc/{second}").exists()  # stopped and reaped by stop()
+
+
+def test_a_worker_process_does_not_import_the_http_side() -> None:
+    # A spawned worker process imports service.node (its entry point) and never serves
+    # HTTP: FastAPI, Starlette, Jinja2 and uvicorn cost it ~18 MB of RSS for nothing.
+    http = ("fastapi", "starlette", "uvicorn", "jinja2")
+    probe = f"import sys, service.node; print(sorted(m for m in {http} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
