@@ -54,6 +54,7 @@ from dicom_node.limits import (
     DatasetTooLarge,
     read_dataset,
 )
+from dicom_node.receive import drop_partial, keep_received, received_path, stream_to
 from dicom_node.spool import instance_path, write_atomically
 from dicom_node.status import Status
 from dicom_node.tls import (
@@ -310,6 +311,8 @@ class StorageSCP:
             handlers.append((evt.EVT_REQUESTED, self._check_caller_certificate))
         ssl_context = cfg.tls.server_context() if cfg.tls else None
         ae = self._make_ae()
+        # Incoming data sets go to the spool as they arrive (dicom_node/receive.py).
+        stream_to(ae, cfg.spool_dir, writer_name=cfg.writer_name)
         server = ae.make_server(
             (cfg.host, cfg.port),
             evt_handlers=handlers,
@@ -429,13 +432,16 @@ class StorageSCP:
                 extra={"event": "instance_refused", "association_id": assoc_id},
             )
             return Status.CANNOT_UNDERSTAND
-        try:
-            encoded = event.encoded_dataset(include_meta=True)
-        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the peer sent it
-            why = f"cannot parse dataset ({type(exc).__name__})"
-            return _refused(Status.CANNOT_UNDERSTAND, why, assoc_id, sop_instance_uid, None).status
+        received: bytes | Path | None = received_path(event)  # streamed to the spool
+        if received is None:
+            try:
+                received = event.encoded_dataset(include_meta=True)
+            except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the peer sent it
+                why = f"cannot parse dataset ({type(exc).__name__})"
+                refused = _refused(Status.CANNOT_UNDERSTAND, why, assoc_id, sop_instance_uid, None)
+                return refused.status
         outcome = self.store_encoded(
-            encoded,
+            received,
             calling_ae_title=str(event.assoc.requestor.ae_title),
             peer_address=str(event.assoc.requestor.address),
             association_id=assoc_id,
@@ -450,7 +456,7 @@ class StorageSCP:
 
     def store_encoded(
         self,
-        encoded: bytes,
+        encoded: bytes | Path,
         *,
         calling_ae_title: str,
         peer_address: str,
@@ -461,6 +467,10 @@ class StorageSCP:
         study_instance_uid: str | None = None,
     ) -> StoreOutcome:
         """One encoded instance (PS3.10, file meta included) through the durable path.
+
+        ``encoded``: the bytes, or a file in the spool folder that holds them (a
+        C-STORE streamed there as it arrived, dicom_node/receive.py), which becomes the
+        spool file by a rename when the instance is stored.
 
         C-STORE and STOW-RS (service/api/dicomweb.py) both come here: read bounded
         (deflate capped), UIDs checked, free disk checked, spool file fsynced, the
@@ -518,9 +528,10 @@ class StorageSCP:
     def _count_bytes(self, event: evt.Event) -> None:
         """Abort an association whose current message outgrows ``max_dataset_bytes``.
 
-        pynetdicom holds a whole dataset in memory before the C-STORE handler
-        runs, so the limit is enforced while the bytes arrive: memory stays
-        bounded whatever a peer sends.
+        The data set goes to a file in the spool as it arrives (dicom_node/receive.py)
+        and the C-STORE handler runs only once it is complete, so the limit is enforced
+        while the bytes arrive: disk use (and pynetdicom's memory, for an AE that does
+        not stream) stays bounded whatever a peer sends.
         """
         assoc_id = _assoc_id(event.assoc)
         with self._lock:
@@ -561,6 +572,12 @@ class StorageSCP:
     def _on_closed(self, event: evt.Event) -> None:
         assoc_id = _assoc_id(event.assoc)
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        if outcome == "aborted" and drop_partial(event.assoc):
+            log.info(
+                "association %s: the data set it was sending was dropped",
+                assoc_id,
+                extra=_fields("partial_dataset_dropped", assoc_id),
+            )
         with self._lock:
             count = self._instances.pop(assoc_id, 0)
             self._bytes.pop(assoc_id, None)
@@ -601,7 +618,7 @@ def _refused(
 def store_encoded(
     cfg: ScpConfig,
     sink: InstanceSink,
-    encoded: bytes,
+    encoded: bytes | Path,
     *,
     calling_ae_title: str,
     peer_address: str,
@@ -614,7 +631,8 @@ def store_encoded(
     """:meth:`StorageSCP.store_encoded` for a configuration and a sink (no server needed)."""
     assoc_id = association_id
     uid, classes = sop_instance_uid, sop_class_uid
-    if cfg.max_dataset_bytes and len(encoded) > cfg.max_dataset_bytes:
+    size = encoded.stat().st_size if isinstance(encoded, Path) else len(encoded)
+    if cfg.max_dataset_bytes and size > cfg.max_dataset_bytes:
         # C-STORE: the last PDU may complete a message before the abort lands.
         why = f"dataset larger than {cfg.max_dataset_bytes} bytes"
         return _refused(Status.OUT_OF_RESOURCES, why, assoc_id, uid, classes)
@@ -667,7 +685,11 @@ def store_encoded(
         )
         return StoreOutcome(Status.OUT_OF_RESOURCES, "", classes, uid)
     path = instance_path(cfg.spool_dir, uid)
-    write_atomically(path, lambda fh: fh.write(encoded), owner=cfg.writer_name)
+    if isinstance(encoded, Path):
+        keep_received(encoded, path)
+    else:
+        data = encoded
+        write_atomically(path, lambda fh: fh.write(data), owner=cfg.writer_name)
     sink(
         ReceivedInstance(
             path=path,

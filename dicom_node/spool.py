@@ -23,7 +23,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, owner: 
     or complete. The folder is fsynced too so the rename survives a power cut.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(owner), suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=partial_prefix(owner), suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -41,7 +41,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, owner: 
     return path
 
 
-def _prefix(owner: str) -> str:
+def partial_prefix(owner: str) -> str:
     """Temp names carry the writer's name, so a process cleans up only its own."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in owner)
     return f".incoming-{safe}-" if safe else ".incoming-"
@@ -55,7 +55,7 @@ def remove_partial_files(folder: Path, *, owner: str = "") -> int:
     """
     count = 0
     if folder.is_dir():
-        for leftover in folder.glob(f"{_prefix(owner)}*.part"):
+        for leftover in folder.glob(f"{partial_prefix(owner)}*.part"):
             leftover.unlink(missing_ok=True)
             count += 1
     return count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
@@ -184,6 +185,11 @@ def test_dataset_over_the_size_limit_aborts_and_stores_nothing(scp_factory) -> N
         time.sleep(0.05)
     assert not assoc.is_established
     assert [i.sop_instance_uid for i in sink.received] == [small.SOPInstanceUID]
+    # The part that did arrive was on disk (dicom_node/receive.py), and is gone with it.
+    spool = scp.config.spool_dir
+    while any(spool.glob("*.part")) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    assert sorted(p.name for p in spool.iterdir()) == [f"{small.SOPInstanceUID}.dcm"]
     again = associate(scp)  # the node still answers
     assert again.send_c_echo().Status == Status.SUCCESS
     again.release()
@@ -207,3 +213,90 @@ def test_accepted_association_sockets_send_without_nagle_delay(scp_factory) -> N
         assert _no_delay(served.dul.socket.socket)
     finally:
         assoc.release()
+
+
+def test_an_incoming_data_set_is_streamed_to_the_spool_and_renamed_not_held(
+    scp_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import dicom_node.scp as scp_module
+
+    kept: list[tuple[Path, bool]] = []
+    keep = scp_module.keep_received
+
+    def spy(received: Path, path: Path) -> Path:
+        kept.append((received, received.is_file()))
+        return keep(received, path)
+
+    monkeypatch.setattr(scp_module, "keep_received", spy)
+    sink = Sink()
+    scp = scp_factory(sink, writer_name="node-1")
+    assoc = associate(scp)
+    ds = small_image()
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    refused = small_image("1.2..3")  # refused after it arrived: never a spool file
+    assert assoc.send_c_store(refused).Status == Status.CANNOT_UNDERSTAND
+    assoc.release()
+    ((received, was_file),) = kept
+    spool = scp.config.spool_dir
+    assert was_file and received.parent == spool
+    assert received.name.startswith(".incoming-node-1-") and received.suffix == ".part"
+    (instance,) = sink.received
+    assert sorted(p.name for p in spool.iterdir()) == [instance.path.name]
+    assert dcmread(instance.path).PixelData == ds.PixelData
+
+
+def test_other_aes_in_the_process_still_receive_in_memory(scp_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The streaming switch is for the node's SCP only: a peer of the same process
+    # (a test's PACS, say) gets its data sets as pynetdicom gives them by default.
+    scp_factory(Sink())  # the node's SCP is running, and registered
+    seen: list[object] = []
+    peer = AE(ae_title="PEER")
+    peer.add_supported_context(MG)
+
+    def on_store(event: evt.Event) -> int:
+        seen.append(event.request._dataset_path)
+        seen.append(len(event.encoded_dataset(include_meta=False)))
+        return 0
+
+    port = free_port()
+    server = peer.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(MG)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PEER")
+        assert assoc.send_c_store(small_image()).Status == Status.SUCCESS
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert seen[0] is None and isinstance(seen[1], int) and seen[1] > 0
+    assert not list(tmp_path.glob("**/*.part"))
+
+
+def test_a_data_set_cut_off_by_the_size_limit_leaves_no_partial_file(scp_factory) -> None:  # type: ignore[no-untyped-def]
+    # Bigger than two 1 MiB PDUs: its first fragments are on disk when the limit aborts.
+    sink = Sink()
+    scp = scp_factory(sink, max_dataset_bytes=2_500_000, writer_name="node-1")
+    spool = scp.config.spool_dir
+    seen_parts: list[str] = []
+
+    def watch() -> None:
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not seen_parts:
+            seen_parts.extend(p.name for p in spool.glob("*.part"))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assoc = associate(scp)
+    big = small_image()
+    big.Rows, big.Columns = 1500, 1500
+    big.PixelData = np.ones(1500 * 1500, dtype=np.uint16).tobytes()
+    assert not assoc.send_c_store(big)  # aborted while it arrived
+    watcher.join()
+    assert seen_parts and seen_parts[0].startswith(".incoming-node-1-")  # it was streaming
+    deadline = time.monotonic() + 10
+    while any(spool.glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(spool.iterdir()) == [] and sink.received == []
