@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +39,47 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, owner: 
     finally:
         os.close(dir_fd)
     return path
+
+
+def write_together(
+    writes: Mapping[Path, Callable[[BinaryIO], object]], *, owner: str = ""
+) -> list[Path]:
+    """:func:`write_atomically` for several files of one new folder, with fewer fsyncs.
+
+    Every file is written to a temp file and fsynced; only when all are written are they
+    renamed into place, and then the folder and its parent (which holds the folder's new
+    entry) are fsynced once each, instead of the folder once per file. A failure before
+    the renames leaves none of the files (their temp files removed).
+    """
+    folders = {path.parent for path in writes}
+    if len(folders) != 1:
+        raise ValueError("write_together writes into one folder")
+    (folder,) = folders
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, write in writes.items():
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=partial_prefix(owner), suffix=".part", dir=folder
+            )
+            written.append((tmp_name, path))
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except BaseException:
+        for tmp_name, _ in written:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+    for tmp_name, path in written:
+        os.replace(tmp_name, path)
+    for directory in (folder, folder.parent):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return [path for _, path in written]
 
 
 def partial_prefix(owner: str) -> str:

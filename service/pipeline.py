@@ -45,7 +45,7 @@ from dicom_node.pixels import DisplayImage, PixelDataError, display_image
 from dicom_node.provenance import DerivedObjectError, Provenance
 from dicom_node.seg import DEFAULT_SEG_SERIES_DESCRIPTION, build_segmentation
 from dicom_node.spacing import pixel_spacing
-from dicom_node.spool import write_atomically
+from dicom_node.spool import write_together
 from dicom_node.sr import DEFAULT_SR_SERIES_DESCRIPTION, build_measurement_report
 from service import faults
 from service.inference import Segmenter
@@ -260,11 +260,15 @@ def write_results(results: dict[str, Dataset], folder: Path) -> dict[str, Path]:
     """Each result as ``folder/<kind>.dcm``, written atomically; a crash's leftovers go first."""
     if folder.exists():  # left by a crash before the job reached SENDING
         shutil.rmtree(folder)
-    files = {}
-    for kind, result in results.items():
-        target = folder / f"{kind}.dcm"
-        write_atomically(target, partial(result.save_as, enforce_file_format=True))
-        files[kind] = target
+    files = {kind: folder / f"{kind}.dcm" for kind in results}
+    # One fsync per file and one for the folder (and its entry in the outbox), not a
+    # folder fsync per file: 31.6 -> 22.5 ms for the three (docs/performance.md).
+    write_together(
+        {
+            files[kind]: partial(result.save_as, enforce_file_format=True)
+            for kind, result in results.items()
+        }
+    )
     return files
 
 

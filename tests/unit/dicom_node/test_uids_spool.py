@@ -1,9 +1,16 @@
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from dicom_node.scu import Destination
-from dicom_node.spool import instance_path, remove_partial_files, write_atomically
+from dicom_node.spool import (
+    instance_path,
+    remove_partial_files,
+    write_atomically,
+    write_together,
+)
 from dicom_node.status import Status
 from dicom_node.uids import InvalidUIDError, checked_uid, is_valid_uid, is_valid_uid_root
 
@@ -45,6 +52,37 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
     assert remove_partial_files(target.parent, owner="other") == 1
     assert not (target.parent / ".incoming-other-x.part").exists()
     assert remove_partial_files(target.parent) == 1
+
+
+def _write_bytes(data: bytes, fh: BinaryIO) -> None:
+    fh.write(data)
+
+
+def test_files_written_together_appear_all_or_none_and_fsync_once_per_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    folder = tmp_path / "outbox" / "7"
+
+    def failing(fh) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"half")
+        raise OSError("disk full")
+
+    writes = {folder / "seg.dcm": lambda fh: fh.write(b"seg"), folder / "sr.dcm": failing}
+    with pytest.raises(OSError, match="disk full"):
+        write_together(writes, owner="w")
+    assert list(folder.iterdir()) == []  # the first one was written, but never renamed
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    names = ("seg", "sr", "sc")
+    paths = write_together({folder / f"{n}.dcm": partial(_write_bytes, n.encode()) for n in names})
+    assert [p.read_bytes() for p in paths] == [n.encode() for n in names]
+    assert sorted(p.name for p in folder.iterdir()) == ["sc.dcm", "seg.dcm", "sr.dcm"]
+    assert len(synced) == 3 + 2  # each file, then the folder and the outbox, once
+    with pytest.raises(ValueError, match="one folder"):
+        write_together({tmp_path / "a": failing, folder / "b": failing})
 
 
 def test_destination_parse() -> None:
