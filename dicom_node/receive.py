@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from pynetdicom import _config, dimse_messages
 
-from dicom_node.spool import partial_prefix
+from dicom_node.spool import fsync_path, partial_prefix
 
 #: AE -> (spool folder, writer name) for the AEs whose incoming data sets go to disk.
 _FOLDERS: weakref.WeakKeyDictionary[Any, tuple[Path, str]] = weakref.WeakKeyDictionary()
@@ -96,17 +96,9 @@ def keep_received(received: Path, path: Path) -> Path:
     The rename is within the spool folder; pynetdicom's deletion of its temporary name
     after the handler then finds nothing (it ignores that).
     """
-    fd = os.open(received, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(received)
     os.replace(received, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)
     return path
 
 

@@ -16,6 +16,15 @@ def instance_path(folder: Path, sop_instance_uid: str, suffix: str = ".dcm") -> 
     return folder / f"{checked_uid(sop_instance_uid, what='SOP Instance UID')}{suffix}"
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by its path (a folder: the entries made in it survive)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, owner: str = "") -> Path:
     """Write through ``write`` to a temp file in the same folder, fsync, then rename.
 
@@ -33,11 +42,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, owner: 
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)
     return path
 
 
@@ -74,11 +79,7 @@ def write_together(
     for tmp_name, path in written:
         os.replace(tmp_name, path)
     for directory in (folder, folder.parent):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(directory)
     return [path for _, path in written]
 
 
