@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from service.testkit.launch import NodeProcess, running_node
-from service.testkit.processes import ProcessError, free_port, stop_process, wait_for_port
+from service.testkit.processes import (
+    ProcessError,
+    free_port,
+    process_tree,
+    proportional_kb,
+    stop_process,
+    wait_for_port,
+)
 
 NODE_AET = "MAMMOSEG"
 DEST_AET = "BENCHDEST"
@@ -215,11 +222,16 @@ def stage_times(timings: dict[str, float], submitted_at: float) -> dict[str, flo
 
 @dataclass
 class RssSampler:
-    """Samples a node's VmRSS in a thread until stopped; keeps the largest value (kB)."""
+    """Samples a node's VmRSS, and the PSS of its processes, in a thread until stopped.
+
+    Keeps the largest of each (kB): ``peak_kb`` (VmRSS summed over serve and its
+    workers, shared pages in each) and ``peak_pss_kb`` (each shared page once).
+    """
 
     node: NodeProcess
     interval_s: float = 0.1
     peak_kb: int = 0
+    peak_pss_kb: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -239,6 +251,8 @@ class RssSampler:
                 self.peak_kb = max(self.peak_kb, self.node.status_kb("VmRSS"))
             except (OSError, ProcessError):
                 return
+            pss = proportional_kb(process_tree(self.node.pid))
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
             self._stop.wait(self.interval_s)
 
 

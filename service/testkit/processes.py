@@ -27,6 +27,34 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def proportional_kb(pids: list[int]) -> int:
+    """Sum of the processes' PSS (kB, /proc/PID/smaps_rollup): each shared page counted once.
+
+    VmRSS summed over serve and its worker counts the pages they share (the libraries'
+    code, mapped in both) twice; PSS splits each shared page between its sharers, so the
+    sum is what the processes take from the machine. Processes gone meanwhile count 0.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def process_rss_kb(pid: int) -> int:
+    """One process's VmRSS (kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ProcessError(f"/proc/{pid}/status has no VmRSS")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

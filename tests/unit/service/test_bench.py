@@ -20,9 +20,28 @@ from service.bench import options as bench_options
 from service.bench import report as bench_report
 from service.bench import run as bench_run
 from service.cli import main as cli_main
+from service.testkit.processes import process_rss_kb, proportional_kb
 from service.testkit.synthetic import ImageSpec, density_map, random_masses, write_mammograms
 from tests.conftest import free_port
 from tests.tiny_model import write_tiny_model
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_pss_counts_the_pages_two_processes_share_once() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        pids = [os.getpid(), child.pid]
+        rss = sum(process_rss_kb(pid) for pid in pids)
+        pss = proportional_kb(pids)
+        # Both map the C library (and this process shares its own with nothing else).
+        assert 0 < pss < rss
+        assert proportional_kb([os.getpid()]) <= process_rss_kb(os.getpid())
+        assert proportional_kb([child.pid, 2**22 + 7]) > 0  # a gone pid counts 0
+    finally:
+        child.kill()
+        child.wait()
+
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -376,6 +395,10 @@ def test_the_whole_bench_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert figures["receive"]["ratio"] > 0
     assert len(figures["receive"]["round_ratios"]) == 1
     assert figures["memory"]["peak_rss_mb"] >= figures["memory"]["idle_rss_mb"] > 0
+    # PSS counts the pages serve and its worker share once: below their summed RSS.
+    memory = figures["memory"]
+    assert 0 < memory["idle_pss_mb"] < memory["idle_rss_mb"]
+    assert 0 < memory["peak_pss_mb"] < memory["peak_rss_mb"]
     assert figures["memory"]["tensorflow_mapped"] == []
     text = bench_report.render(report)
     assert "skipped: no Keras weights" in text
