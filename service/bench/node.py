@@ -37,8 +37,6 @@ from service.testkit.launch import NodeProcess, running_node
 from service.testkit.processes import (
     ProcessError,
     free_port,
-    process_tree,
-    proportional_kb,
     stop_process,
     wait_for_port,
 )
@@ -251,8 +249,7 @@ class RssSampler:
                 self.peak_kb = max(self.peak_kb, self.node.status_kb("VmRSS"))
             except (OSError, ProcessError):
                 return
-            pss = proportional_kb(process_tree(self.node.pid))
-            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self.peak_pss_kb = max(self.peak_pss_kb, self.node.pss_kb())
             self._stop.wait(self.interval_s)
 
 

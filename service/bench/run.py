@@ -374,7 +374,7 @@ def run_node_parts(options: BenchOptions, report: Report, ws: Workspace) -> None
             )
             time.sleep(2.0)
             idle_kb = node.status_kb("VmRSS")
-            idle_pss_kb = bn.proportional_kb(bn.process_tree(node.pid))
+            idle_pss_kb = node.pss_kb()
             report.figures["memory"] = {
                 "idle_rss_mb": idle_kb / 1024,
                 "idle_pss_mb": idle_pss_kb / 1024,

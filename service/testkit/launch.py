@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.testkit.processes import ProcessError, free_port, process_tree, stop_process
+from service.testkit.processes import (
+    ProcessError,
+    free_port,
+    kb_field,
+    process_tree,
+    proportional_kb,
+    stop_process,
+)
 
 DEFAULT_AET = "MAMMOSEG"
 #: Environment every launched node gets unless the caller says otherwise: a nearly
@@ -87,19 +93,15 @@ class NodeProcess:
     def status_kb(self, field_name: str) -> int:
         """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM), summed over the node's
         processes: serve and its worker processes (``worker_processes``)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-        if match is None:
+        own = kb_field(f"/proc/{self.pid}/status", field_name)
+        if own is None:
             raise ProcessError(f"/proc/{self.pid}/status has no {field_name}")
-        total = int(match.group(1))
-        for child in process_tree(self.pid)[1:]:
-            try:
-                text = Path(f"/proc/{child}/status").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-            total += int(match.group(1)) if match else 0
-        return total
+        children = process_tree(self.pid)[1:]  # one exited meanwhile counts 0
+        return own + sum(kb_field(f"/proc/{c}/status", field_name) or 0 for c in children)
+
+    def pss_kb(self) -> int:
+        """The PSS of serve and its worker processes (kB), shared pages counted once."""
+        return proportional_kb(process_tree(self.pid))
 
     def reset_peak(self) -> bool:
         """Start VmHWM afresh in each of the node's processes (``/proc/PID/clear_refs``,

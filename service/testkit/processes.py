@@ -27,6 +27,21 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def kb_field(path: str, name: str) -> int | None:
+    """A ``Name:   N kB`` line of a /proc file (``status``, ``smaps_rollup``), in kB.
+
+    None when the file has no such line or cannot be read (the process is gone).
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    return None
+
+
 def proportional_kb(pids: list[int]) -> int:
     """Sum of the processes' PSS (kB, /proc/PID/smaps_rollup): each shared page counted once.
 
@@ -34,25 +49,7 @@ def proportional_kb(pids: list[int]) -> int:
     code, mapped in both) twice; PSS splits each shared page between its sharers, so the
     sum is what the processes take from the machine. Processes gone meanwhile count 0.
     """
-    total = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1])
-                break
-    return total
-
-
-def process_rss_kb(pid: int) -> int:
-    """One process's VmRSS (kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise ProcessError(f"/proc/{pid}/status has no VmRSS")
+    return sum(kb_field(f"/proc/{pid}/smaps_rollup", "Pss") or 0 for pid in pids)
 
 
 def free_port() -> int:

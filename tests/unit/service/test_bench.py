@@ -20,7 +20,7 @@ from service.bench import options as bench_options
 from service.bench import report as bench_report
 from service.bench import run as bench_run
 from service.cli import main as cli_main
-from service.testkit.processes import process_rss_kb, proportional_kb
+from service.testkit.processes import kb_field, proportional_kb
 from service.testkit.synthetic import ImageSpec, density_map, random_masses, write_mammograms
 from tests.conftest import free_port
 from tests.tiny_model import write_tiny_model
@@ -32,11 +32,12 @@ def test_pss_counts_the_pages_two_processes_share_once() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
         pids = [os.getpid(), child.pid]
-        rss = sum(process_rss_kb(pid) for pid in pids)
+        rss = sum(kb_field(f"/proc/{pid}/status", "VmRSS") or 0 for pid in pids)
         pss = proportional_kb(pids)
         # Both map the C library (and this process shares its own with nothing else).
         assert 0 < pss < rss
-        assert proportional_kb([os.getpid()]) <= process_rss_kb(os.getpid())
+        own_rss = kb_field(f"/proc/{os.getpid()}/status", "VmRSS") or 0
+        assert 0 < proportional_kb([os.getpid()]) <= own_rss
         assert proportional_kb([child.pid, 2**22 + 7]) > 0  # a gone pid counts 0
     finally:
         child.kill()
