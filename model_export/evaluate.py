@@ -16,6 +16,10 @@ Besides Dice and IoU, every image records per-lesion detection: how many
 outlined lesions (connected components of the truth) a predicted component
 touches, and how many predicted components touch no lesion (false-positive
 components). Means come with a 95 % bootstrap interval over images. The
+first model is also compared with each of the others image by image: the mean
+difference in Dice with a paired bootstrap interval (the same resampled images
+for both) and how many images each one wins, which is what "better than a
+baseline on these patients" has to rest on when the two intervals overlap. The
 baselines of :mod:`model_export.baselines` are scored as if they were
 models (``baseline:brightest``, ``baseline:otsu``). A data folder with a
 ``dataset.json`` (``make-dataset --cddcesm``) also gets the table for its
@@ -102,8 +106,12 @@ class ModelScore:
     ms_per_image: float | None = None
 
     @property
+    def dice_values(self) -> list[float]:
+        return [s.dice for s in self.images]
+
+    @property
     def mean_dice(self) -> float:
-        return float(np.mean([s.dice for s in self.images]))
+        return float(np.mean(self.dice_values))
 
     @property
     def mean_iou(self) -> float:
@@ -154,6 +162,59 @@ class ModelScore:
             float(np.mean([s.iou for s in chosen])),
             len(chosen),
         )
+
+
+def paired_difference(
+    first: ModelScore,
+    other: ModelScore,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``first`` minus ``other`` in per-image Dice, paired over the same images.
+
+    The interval is a percentile bootstrap of the mean difference, resampling
+    images (each resample scores both models on the same images), so the
+    between-image spread that widens each model's own interval cancels.
+    ``wins``/``losses``/``ties`` count images where ``first`` scores higher,
+    lower or within 1e-9.
+    """
+    theirs = {s.key: s.dice for s in other.images}
+    keys = [s.key for s in first.images]
+    if sorted(keys) != sorted(theirs):
+        raise EvaluationError(f"{first.name} and {other.name} were scored on different images")
+    diff = np.array([s.dice - theirs[s.key] for s in first.images], dtype=np.float64)
+    low, high = bootstrap_interval(diff.tolist(), samples=samples, seed=seed)
+    return {
+        "first": first.name,
+        "other": other.name,
+        "images": int(diff.size),
+        "dice_difference": float(diff.mean()) if diff.size else float("nan"),
+        "dice_difference_ci95": (low, high),
+        "wins": int((diff > 1e-9).sum()),
+        "losses": int((diff < -1e-9).sum()),
+        "ties": int((np.abs(diff) <= 1e-9).sum()),
+    }
+
+
+def paired_markdown(results: Sequence[ModelScore], *, title: str = "") -> str:
+    """The first model against each other one: paired Dice difference and images won."""
+    if len(results) < 2:
+        return ""
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        f"| {results[0].name} minus | images | mean Dice difference [paired 95 % CI] "
+        "| images won / lost / tied |",
+        "|---|---|---|---|",
+    ]
+    for other in results[1:]:
+        d = paired_difference(results[0], other)
+        low, high = d["dice_difference_ci95"]
+        lines.append(
+            f"| {other.name} | {d['images']} | {d['dice_difference']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}] | {d['wins']} / {d['losses']} / {d['ties']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def onnx_parameter_count(path: str | Path) -> int:
@@ -460,6 +521,17 @@ def plot_panels(records: Sequence[dict[str, Any]], path: str | Path, title: str 
     plt.close(fig)
 
 
+def paired_section(results: Sequence[ModelScore], images: str) -> str:
+    """``paired_markdown`` under a title naming the first model, or nothing for one model."""
+    if len(results) < 2:
+        return ""
+    return "\n" + paired_markdown(results, title=f"{results[0].name} against each, {images}")
+
+
+def _paired_all(results: Sequence[ModelScore]) -> dict[str, Any]:
+    return {other.name: paired_difference(results[0], other) for other in results[1:]}
+
+
 def evaluate_models(
     models: Sequence[str | Path],
     data: str | Path,
@@ -551,14 +623,20 @@ def evaluate_models(
         title += f", predicted components under {min_area_px} px dropped"
     table = comparison_markdown(results, title=title)
     table += "\n" + summary_markdown(results, title=f"all {len(pairs)} images")
+    table += paired_section(results, f"all {len(pairs)} images")
     summaries: dict[str, Any] = {"all": {r.name: r.summary() for r in results}}
+    paired: dict[str, Any] = {"all": _paired_all(results)}
     for flag, keys in read_subsets(data).items():
         chosen = keys & {p.key for p in pairs}
         if not chosen:
             continue
         narrowed = [r.restricted(chosen) for r in results]
         table += "\n" + summary_markdown(narrowed, title=f"{flag}: {len(chosen)} images")
+        table += paired_section(narrowed, f"{flag}: {len(chosen)} images")
         summaries[flag] = {r.name: r.summary() for r in narrowed}
+        paired[flag] = _paired_all(narrowed)
+    if len(results) > 1:
+        summaries["paired"] = paired
     (out / "summary.json").write_text(json.dumps(summaries, indent=1))
     (out / "comparison.md").write_text(table)
     plot_comparison(results, out / "comparison.png")

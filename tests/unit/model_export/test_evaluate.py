@@ -39,6 +39,10 @@ def test_evaluate_models_writes_table_json_and_panels(pair_tree: Path, tmp_path:
     assert results[0].parameters == stored["parameters"] == 5
     assert results[0].ms_per_image is not None and results[0].ms_per_image > 0
     assert (out / "comparison.png").is_file() and (out / "a.panels.png").is_file()
+    # the same model twice: a paired difference of exactly zero, every image tied
+    assert "| a minus |" in table and "| b | 10 | +0.000 [+0.000, +0.000] | 0 / 0 / 10 |" in table
+    paired = json.loads((out / "summary.json").read_text())["paired"]["all"]["b"]
+    assert paired["dice_difference"] == 0.0 and paired["ties"] == 10
 
 
 def test_model_resolution_and_split_selection(pair_tree: Path, tmp_path: Path) -> None:
@@ -103,3 +107,39 @@ def test_tune_scores_each_threshold_and_area_and_refuses_the_test_split(
     assert "| threshold |" in (out / "tuning.md").read_text()
     with pytest.raises(SystemExit):
         main([*args, str(split_file), "--split", "test", "--out", str(out)])
+
+
+def _scores(name: str, dice: list[float]) -> evaluate.ModelScore:
+    images = tuple(evaluate.ImageScore(f"case{i:02d}", d, d, 10, 10) for i, d in enumerate(dice))
+    return evaluate.ModelScore(name, name, images)
+
+
+def test_paired_difference_cancels_the_spread_between_images() -> None:
+    rng = np.random.default_rng(3)
+    hardness = rng.uniform(0.0, 0.8, size=40)  # images differ a lot from each other
+    other = _scores("naive", list(hardness))
+    first = _scores("model", list(hardness + 0.05))  # better by 0.05 on every image
+    d = evaluate.paired_difference(first, other)
+    assert d["dice_difference"] == pytest.approx(0.05)
+    assert d["dice_difference_ci95"][0] == pytest.approx(0.05)
+    assert d["dice_difference_ci95"][1] == pytest.approx(0.05)
+    assert (d["wins"], d["losses"], d["ties"]) == (40, 0, 0)
+    # each model's own interval is wide (unpaired, the two would overlap)
+    low, high = evaluate.bootstrap_interval(first.dice_values)
+    assert high - low > 0.1
+
+
+def test_paired_difference_counts_wins_losses_ties_in_image_order_of_either() -> None:
+    first = _scores("a", [0.5, 0.2, 0.9, 0.4])
+    other = evaluate.ModelScore(
+        "b", "b", tuple(reversed(_scores("b", [0.3, 0.2, 1.0, 0.1]).images))
+    )
+    d = evaluate.paired_difference(first, other)
+    assert d["dice_difference"] == pytest.approx((0.2 + 0.0 - 0.1 + 0.3) / 4)
+    assert (d["wins"], d["losses"], d["ties"]) == (2, 1, 1)
+    low, high = d["dice_difference_ci95"]
+    assert -0.1 <= low < d["dice_difference"] < high <= 0.3
+    with pytest.raises(evaluate.EvaluationError, match="different images"):
+        evaluate.paired_difference(first, _scores("c", [0.1, 0.2]))
+    table = evaluate.paired_markdown([first, other])
+    assert "| a minus |" in table and "| b | 4 | +0.100 [" in table and "| 2 / 1 / 1 |" in table
