@@ -25,7 +25,7 @@ from dicom_node.tls import (
     describe_tls_error,
     tls_context,
 )
-from dicom_node.transport import no_delay_on_open
+from dicom_node.transport import low_latency_on_open
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def association(
         destination.port,
         ae_title=destination.ae_title,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, no_delay_on_open), *(handlers or [])],
+        evt_handlers=[(evt.EVT_CONN_OPEN, low_latency_on_open), *(handlers or [])],
     )
     if not assoc.is_established:
         raise SendError(

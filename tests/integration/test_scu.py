@@ -101,3 +101,27 @@ def test_the_sender_turns_off_nagle_on_its_association() -> None:
             assoc.release()
     finally:
         server.shutdown()
+
+
+def test_the_sender_acknowledges_every_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A peer with Nagle on (Debian's DCMTK) holds the rest of its answer until our ACK,
+    # which Linux delays by 40 ms (docs/performance.md, "Delayed ACKs").
+    import dicom_node.transport as transport
+
+    asked: list[int] = []
+    quick_ack = transport.quick_ack
+    monkeypatch.setattr(transport, "quick_ack", lambda sock: (asked.append(1), quick_ack(sock)))
+    server, destination = peer([ExplicitVRLittleEndian], [])
+    try:
+        assoc = association(
+            destination, "MAMMOSEG", {(str(Verification), str(ImplicitVRLittleEndian))}, 5.0
+        )
+        try:
+            assert isinstance(assoc.dul.socket.recv, transport._QuickAckRecv)
+            before = len(asked)  # the A-ASSOCIATE-AC was read so
+            assert assoc.send_c_echo().Status == Status.SUCCESS
+            assert len(asked) > before >= 1
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()

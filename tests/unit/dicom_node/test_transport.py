@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
 
-from dicom_node.transport import ConnectionLimits, PduTooLarge, _BoundedRecv
+from dicom_node import transport
+from dicom_node.transport import ConnectionLimits, PduTooLarge, _BoundedRecv, _QuickAckRecv
 
 
 class FakeRaw:
     """The raw socket: bodies are read from it with recv_into, a few bytes at a time."""
+
+    family = socket.AF_INET
 
     def __init__(self, owner: FakeSocket | None = None, piece: int = 7) -> None:
         self.sent = b""
@@ -18,10 +22,17 @@ class FakeRaw:
         self.owner = owner
         self.piece = piece
         self.calls = 0
+        #: "ack" for each TCP_QUICKACK asked, "read" for each read, in order.
+        self.events: list[str] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if (level, option, value) == (socket.IPPROTO_TCP, getattr(socket, "TCP_QUICKACK", -1), 1):
+            self.events.append("ack")
 
     def recv_into(self, view: memoryview, nbytes: int) -> int:
         assert self.owner is not None
         self.calls += 1
+        self.events.append("read")
         start = self.owner.read
         data = self.owner.stream[start : start + min(nbytes, self.piece, len(view))]
         view[: len(data)] = data
@@ -44,6 +55,7 @@ class FakeSocket:
         self.socket = FakeRaw(self)
 
     def recv(self, nr_bytes: int) -> bytearray:
+        self.socket.events.append("read")
         data = self.stream[self.read : self.read + nr_bytes]
         self.read += len(data)
         return bytearray(data)
@@ -112,3 +124,28 @@ def test_a_body_is_read_whole_into_one_buffer_or_short_when_the_peer_closes() ->
     cut = pdu(0x04, body)[: 6 + 100]
     sock, recv, _ = guarded(cut)
     assert recv(6) == cut[:6] and recv(len(body)) == body[:100]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_every_read_asks_for_an_immediate_ack_first() -> None:
+    # headers through pynetdicom's recv, bodies through recv_into, 7 bytes at a time
+    body = bytes(20)
+    sock, recv, _ = guarded(pdu(0x04, body) + pdu(0x05, bytes(4)))
+    assert recv(6) and recv(20) == body and recv(6) and recv(4)
+    events = sock.socket.events
+    assert events.count("read") == 1 + 3 + 1 + 1
+    assert all(events[i - 1] == "ack" for i, e in enumerate(events) if e == "read")
+    # the SCU's reads (pynetdicom's recv, wrapped)
+    scu = FakeSocket(b"abcdef")
+    wrapped = _QuickAckRecv(scu)  # type: ignore[arg-type]
+    assert wrapped(6) == b"abcdef" and scu.socket.events == ["ack", "read"]
+
+
+def test_quick_ack_leaves_sockets_that_are_not_tcp_alone() -> None:
+    left, right = socket.socketpair()
+    try:
+        transport.quick_ack(left)  # AF_UNIX: no TCP option to set, and no error
+        transport.quick_ack(None)
+    finally:
+        left.close()
+        right.close()
