@@ -129,7 +129,7 @@ class ModelScore:
 
     def summary(self) -> dict[str, Any]:
         """Means with 95 % bootstrap intervals, lesion detection and false positives per image."""
-        dice = [s.dice for s in self.images]
+        dice = self.dice_values
         iou = [s.iou for s in self.images]
         lesions = sum(s.lesions for s in self.images)
         hit = sum(s.lesions_hit for s in self.images)
@@ -197,21 +197,26 @@ def paired_difference(
     }
 
 
-def paired_markdown(results: Sequence[ModelScore], *, title: str = "") -> str:
-    """The first model against each other one: paired Dice difference and images won."""
-    if len(results) < 2:
+def paired_differences(results: Sequence[ModelScore]) -> dict[str, dict[str, Any]]:
+    """:func:`paired_difference` of the first model against each other one, by name."""
+    return {other.name: paired_difference(results[0], other) for other in results[1:]}
+
+
+def paired_markdown(differences: dict[str, dict[str, Any]], *, title: str = "") -> str:
+    """A table of :func:`paired_differences`: Dice difference and images won; '' if none."""
+    if not differences:
         return ""
+    first = next(iter(differences.values()))["first"]
     lines = [f"### {title}", ""] if title else []
     lines += [
-        f"| {results[0].name} minus | images | mean Dice difference [paired 95 % CI] "
+        f"| {first} minus | images | mean Dice difference [paired 95 % CI] "
         "| images won / lost / tied |",
         "|---|---|---|---|",
     ]
-    for other in results[1:]:
-        d = paired_difference(results[0], other)
+    for name, d in differences.items():
         low, high = d["dice_difference_ci95"]
         lines.append(
-            f"| {other.name} | {d['images']} | {d['dice_difference']:+.3f} "
+            f"| {name} | {d['images']} | {d['dice_difference']:+.3f} "
             f"[{low:+.3f}, {high:+.3f}] | {d['wins']} / {d['losses']} / {d['ties']} |"
         )
     return "\n".join(lines) + "\n"
@@ -521,15 +526,11 @@ def plot_panels(records: Sequence[dict[str, Any]], path: str | Path, title: str 
     plt.close(fig)
 
 
-def paired_section(results: Sequence[ModelScore], images: str) -> str:
-    """``paired_markdown`` under a title naming the first model, or nothing for one model."""
-    if len(results) < 2:
+def _paired_section(differences: dict[str, dict[str, Any]], images: str) -> str:
+    if not differences:
         return ""
-    return "\n" + paired_markdown(results, title=f"{results[0].name} against each, {images}")
-
-
-def _paired_all(results: Sequence[ModelScore]) -> dict[str, Any]:
-    return {other.name: paired_difference(results[0], other) for other in results[1:]}
+    first = next(iter(differences.values()))["first"]
+    return "\n" + paired_markdown(differences, title=f"{first} against each, {images}")
 
 
 def evaluate_models(
@@ -623,18 +624,18 @@ def evaluate_models(
         title += f", predicted components under {min_area_px} px dropped"
     table = comparison_markdown(results, title=title)
     table += "\n" + summary_markdown(results, title=f"all {len(pairs)} images")
-    table += paired_section(results, f"all {len(pairs)} images")
+    paired: dict[str, Any] = {"all": paired_differences(results)}
+    table += _paired_section(paired["all"], f"all {len(pairs)} images")
     summaries: dict[str, Any] = {"all": {r.name: r.summary() for r in results}}
-    paired: dict[str, Any] = {"all": _paired_all(results)}
     for flag, keys in read_subsets(data).items():
         chosen = keys & {p.key for p in pairs}
         if not chosen:
             continue
         narrowed = [r.restricted(chosen) for r in results]
         table += "\n" + summary_markdown(narrowed, title=f"{flag}: {len(chosen)} images")
-        table += paired_section(narrowed, f"{flag}: {len(chosen)} images")
+        paired[flag] = paired_differences(narrowed)
+        table += _paired_section(paired[flag], f"{flag}: {len(chosen)} images")
         summaries[flag] = {r.name: r.summary() for r in narrowed}
-        paired[flag] = _paired_all(narrowed)
     if len(results) > 1:
         summaries["paired"] = paired
     (out / "summary.json").write_text(json.dumps(summaries, indent=1))

@@ -141,5 +141,5 @@ def test_paired_difference_counts_wins_losses_ties_in_image_order_of_either() ->
     assert -0.1 <= low < d["dice_difference"] < high <= 0.3
     with pytest.raises(evaluate.EvaluationError, match="different images"):
         evaluate.paired_difference(first, _scores("c", [0.1, 0.2]))
-    table = evaluate.paired_markdown([first, other])
+    table = evaluate.paired_markdown(evaluate.paired_differences([first, other]))
     assert "| a minus |" in table and "| b | 4 | +0.100 [" in table and "| 2 / 1 / 1 |" in table
